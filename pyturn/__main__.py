@@ -1,0 +1,3 @@
+from pyturn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Allocation state: 5-tuples, allocations, permissions, channel bindings and one deadline heap (RFC 8656 §2-§3).
+
+Pure bookkeeping: no sockets, no clock. Times are absolute deadlines in the caller's clock (`now: float`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, NamedTuple
+
+from pyturn.stun import Address
+
+PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: permissions last 300 s (reTurn: fixed)
+CHANNEL_LIFETIME = 600.0  # RFC 8656 §12: channel bindings last 10 minutes (reTurn: fixed)
+CHANNEL_MIN = 0x4000  # RFC 5766 §11 range, as reTurn accepts it (RFC 8656 narrows the top to 0x4FFF)
+CHANNEL_MAX = 0x7FFF
+RESERVATION_LIFETIME = 30.0  # RFC 8656 §7.2: a reserved port is held for about 30 s
+
+
+class Transport(StrEnum):
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+
+
+class FiveTuple(NamedTuple):
+    """Client transport, client address, server address (RFC 8656 §2: the 5-tuple names an allocation)."""
+
+    transport: Transport
+    client: Address
+    server: Address
+
+
+@dataclass(slots=True, eq=False)
+class ChannelBinding:
+    channel: int
+    peer: Address
+    expires: float
+
+
+@dataclass(slots=True, eq=False)
+class Allocation:
+    """One allocation. Hashes by identity; the route dicts are shared with the transport adapter's fast path."""
+
+    five_tuple: FiveTuple
+    username: str
+    realm: str
+    key: bytes
+    relay_handle: Any
+    relayed: Address
+    expires: float
+    dont_fragment: bool = False
+    permissions: dict[str, float] = field(default_factory=dict)
+    channels: dict[int, ChannelBinding] = field(default_factory=dict)
+    peer_channels: dict[Address, ChannelBinding] = field(default_factory=dict)
+    # Fast path views kept in step with the two tables above: peer -> channel number for the live bindings
+    # whose peer still has a permission (used by the adapter for peer -> client ChannelData).
+    channel_for_peer: dict[Address, int] = field(default_factory=dict)
+    reserved_port: int | None = None
+    bytes_to_peer: int = 0
+    bytes_to_client: int = 0
+
+    @property
+    def family(self) -> int:
+        return 2 if ":" in self.relayed[0] else 1
+
+    def has_permission(self, ip: str, now: float) -> bool:
+        expires = self.permissions.get(ip)
+        return expires is not None and expires > now
+
+
+class DeadlineKind(Enum):
+    ALLOCATION = 1
+    PERMISSION = 2
+    CHANNEL = 3
+    RESERVATION = 4
+
+
+class DeadlineHeap:
+    """One heap of (deadline, seq, kind, owner, item) for every expiring object.
+
+    Entries are never removed when an object is refreshed: a popped entry is checked against the object's
+    current deadline and skipped when it is stale (lazy deletion), so a refresh costs one push.
+    """
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, DeadlineKind, Any, Any]] = []
+        self._seq = 0
+
+    def push(self, deadline: float, kind: DeadlineKind, owner: Any, item: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, kind, owner, item))
+
+    def pop_due(self, now: float) -> list[tuple[DeadlineKind, Any, Any]]:
+        due: list[tuple[DeadlineKind, Any, Any]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, owner, item = heapq.heappop(heap)
+            due.append((kind, owner, item))
+        return due
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap)

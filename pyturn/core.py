@@ -1,0 +1,802 @@
+"""The sans-IO STUN/TURN server: bytes, addresses and the time in; bytes to send and actions out.
+
+The asyncio adapters (pyturn.transport) own every socket. For an Allocate that passes every check the core
+asks for a relay socket (OpenRelay) and the adapter answers with relay_opened() or relay_failed(). For the
+relay hot path the core keeps route tables the adapter reads directly:
+
+* ``routes(transport, server)[(client, channel)] -> (relay_handle, peer)`` for client -> peer ChannelData;
+* ``Allocation.channel_for_peer[peer] -> channel`` for peer -> client ChannelData.
+
+Everything else (STUN, Send/Data indications, unbound channels) goes through handle_client / handle_peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pyturn.allocation import (
+    CHANNEL_LIFETIME,
+    CHANNEL_MAX,
+    CHANNEL_MIN,
+    PERMISSION_LIFETIME,
+    RESERVATION_LIFETIME,
+    Allocation,
+    ChannelBinding,
+    DeadlineHeap,
+    DeadlineKind,
+    FiveTuple,
+    Transport,
+)
+from pyturn.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
+from pyturn.config import Config
+from pyturn.errors import StunDecodeError, TurnError
+from pyturn.policy import PeerPolicy
+from pyturn.ports import PortPool
+from pyturn.stun import (
+    Address,
+    Attr,
+    Message,
+    MessageClass,
+    Method,
+    decode_channel_data,
+    decode_message,
+    encode_channel_data,
+    encode_message,
+)
+
+log = logging.getLogger(__name__)
+
+RESPONSE_CACHE_LIFETIME = 10.0  # reTurn keeps UDP responses 10 s for retransmissions (reTurn.md §4.2)
+UDP_PROTOCOL = 17  # RFC 8656 §14.7 REQUESTED-TRANSPORT value for UDP
+FAMILY_IPV4 = 1
+FAMILY_IPV6 = 2
+CHANGE_IP = 0x04  # RFC 5780 §7.2 CHANGE-REQUEST flags
+CHANGE_PORT = 0x02
+OPEN_RELAY_ATTEMPTS = 16  # binds tried on other ports when another process holds the chosen one
+
+
+# ----------------------------------------------------------------------------------------------- actions
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    """Send on the client's 5-tuple (UDP: from the listener bound at five_tuple.server; TCP/TLS: its stream)."""
+
+    five_tuple: FiveTuple
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrom:
+    """UDP only: send from the listener bound at `source` to `destination` (RFC 5780 alternate address)."""
+
+    source: Address
+    destination: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRelay:
+    """Bind a UDP relay socket at (host, port); host may be a wildcard, then bind the address the client reached."""
+
+    token: int
+    five_tuple: FiveTuple
+    family: int
+    host: str
+    port: int
+    dont_fragment: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRelay:
+    handle: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SendToPeer:
+    handle: Any
+    peer: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseClient:
+    """Close a TCP/TLS client connection."""
+
+    five_tuple: FiveTuple
+
+
+# ------------------------------------------------------------------------------------------------ events
+@dataclass(frozen=True, slots=True)
+class AllocationCreated:
+    five_tuple: FiveTuple
+    username: str
+    relayed: Address
+    lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRefreshed:
+    five_tuple: FiveTuple
+    lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationDeleted:
+    five_tuple: FiveTuple
+    reason: str  # "refresh", "expired", "closed", "shutdown"
+    handle: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionInstalled:
+    five_tuple: FiveTuple
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBound:
+    five_tuple: FiveTuple
+    channel: int
+    peer: Address
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    five_tuple: FiveTuple
+    code: int
+    username: str | None
+
+
+Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
+Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | CloseClient | Event
+
+
+class RelayFailure(Enum):
+    PORT_IN_USE = "port in use"
+    FAMILY_UNAVAILABLE = "address family unavailable"
+    OTHER = "bind failed"
+
+
+@dataclass(slots=True)
+class _PendingAllocation:
+    request: Message
+    five_tuple: FiveTuple
+    credentials: Credentials
+    lifetime: int
+    family: int
+    host: str
+    port: int
+    dont_fragment: bool
+    reserve_next: bool
+    from_reservation: bool
+    attempts: int = 1
+
+
+@dataclass(slots=True)
+class _Reservation:
+    port: int
+    expires: float
+
+
+def _family_of(host: str) -> int:
+    return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
+
+
+def _software_value(config: Config) -> str | None:
+    name = config.software_name
+    if not name:
+        return None
+    if config.pad_software_name:
+        # reTurn pads with spaces to a multiple of 4 for legacy clients (reTurn.md §2.1).
+        name += " " * (-len(name.encode("utf-8", "surrogateescape")) % 4)
+    return name
+
+
+class TurnServerCore:
+    """The whole protocol state of one server process: allocations, nonces, ports, routes."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        users: UserLookup,
+        secret: bytes | None = None,
+        policy: PeerPolicy | None = None,
+        rng: random.Random | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config
+        self._users = users
+        self._nonces = NonceSigner(secret if secret is not None else randbytes(32), config.nonce_lifetime)
+        self.policy = policy if policy is not None else PeerPolicy(
+            denied=config.denied_peer_addresses, allowed=config.allowed_peer_addresses
+        )
+        self._rng = rng if rng is not None else random.Random(randbytes(16))
+        self._randbytes = randbytes
+        self._software = _software_value(config)
+        self._ports = PortPool(config.allocation_port_range_min, config.allocation_port_range_max, self._rng)
+        self._allocations: dict[FiveTuple, Allocation] = {}
+        self._by_handle: dict[Any, Allocation] = {}
+        self._per_user: dict[tuple[str, str], int] = {}
+        self._pending: dict[int, _PendingAllocation] = {}
+        self._next_token = 0
+        self._reservations: dict[bytes, _Reservation] = {}
+        self._deadlines = DeadlineHeap()
+        self._responses: dict[tuple[FiveTuple, bytes], bytes] = {}
+        self._response_expiry: deque[tuple[float, tuple[FiveTuple, bytes]]] = deque()
+        self._routes: dict[tuple[Transport, Address], dict[tuple[Address, int], tuple[Any, Address]]] = {}
+        self._alternate: tuple[Address, Address] | None = None
+        self._data_tid_prefix = randbytes(4)
+        self._data_tid_counter = 0
+        self._now = 0.0  # the time of the call being handled, for deadlines set deep inside handlers
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def set_user_lookup(self, users: UserLookup) -> None:
+        """Swap the user source in one assignment (reload); existing allocations keep their key."""
+        self._users = users
+
+    def set_server_addresses(self, addresses: set[str]) -> None:
+        """The server's own IPs, never valid peers (relay-to-self loops, anchors.md §5.3 case 26)."""
+        self.policy = self.policy.with_server_addresses(addresses)
+
+    def set_alternate(self, primary: Address, other: Address) -> None:
+        """The bound (TurnAddress, TurnPort) and (AltStunAddress, AltStunPort) pair of RFC 5780 mode."""
+        self._alternate = (primary, other)
+
+    def routes(self, transport: Transport, server: Address) -> dict[tuple[Address, int], tuple[Any, Address]]:
+        """The client -> peer ChannelData route table of one listening address (shared, updated in place)."""
+        return self._routes.setdefault((transport, server), {})
+
+    @property
+    def allocations(self) -> dict[FiveTuple, Allocation]:
+        return self._allocations
+
+    def allocation_for_handle(self, handle: Any) -> Allocation | None:
+        return self._by_handle.get(handle)
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines.next_deadline()
+
+    # ---------------------------------------------------------------------------------------- entry points
+    def handle_client(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:
+        """One datagram (UDP) or one framed message (TCP/TLS) from a client."""
+        self._now = now
+        if len(data) < 4:
+            return []
+        if data[0] & 0xC0:
+            return self._handle_channel_data(data, five_tuple, now)
+        try:
+            message = decode_message(data)
+        except StunDecodeError:
+            return []  # malformed STUN is dropped without an answer (RFC 8489 §6.3)
+        if message.msg_class is MessageClass.REQUEST:
+            cached = self._responses.get((five_tuple, message.transaction_id))
+            if cached is not None:
+                return [SendToClient(five_tuple, cached)]
+            return self._handle_request(message, five_tuple, now)
+        if message.msg_class is MessageClass.INDICATION and message.method == Method.SEND:
+            return self._handle_send(message, five_tuple, now)
+        return []  # other indications (Binding keepalives) and responses are ignored
+
+    def handle_peer(self, handle: Any, data: bytes, peer: Address, now: float) -> list[Action]:
+        """A datagram a peer sent to a relay socket (RFC 8656 §11.3 and §12.4)."""
+        allocation = self._by_handle.get(handle)
+        if allocation is None or not allocation.has_permission(peer[0], now):
+            return []  # RFC 8656 §9: no permission, no relaying
+        five_tuple = allocation.five_tuple
+        channel = allocation.channel_for_peer.get(peer)
+        if channel is not None:
+            pad = five_tuple.transport is not Transport.UDP and self.config.tcp_channel_data_padding
+            return [SendToClient(five_tuple, encode_channel_data(channel, data, pad=pad))]
+        self._data_tid_counter += 1
+        tid = self._data_tid_prefix + self._data_tid_counter.to_bytes(8, "big")
+        indication = Message(Method.DATA, MessageClass.INDICATION, tid)
+        indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
+        return [SendToClient(five_tuple, encode_message(indication))]
+
+    def relay_opened(self, token: int, handle: Any, bound: Address, now: float) -> list[Action]:
+        """The adapter bound the relay socket asked for by OpenRelay(token); `bound` is its local address."""
+        self._now = now
+        pending = self._pending.pop(token, None)
+        five_tuple = pending.five_tuple if pending is not None else None
+        if pending is None or five_tuple is None or five_tuple in self._allocations:
+            return [CloseRelay(handle)]
+        reservation_token: bytes | None = None
+        if pending.reserve_next:
+            reservation_token = self._randbytes(8)
+            self._reservations[reservation_token] = _Reservation(bound[1] + 1, now + RESERVATION_LIFETIME)
+            self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
+        external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
+        relayed = (external, bound[1]) if external else bound
+        credentials = pending.credentials
+        allocation = Allocation(
+            five_tuple=five_tuple,
+            username=credentials.username,
+            realm=credentials.realm,
+            key=credentials.key,
+            relay_handle=handle,
+            relayed=relayed,
+            expires=now + pending.lifetime,
+            dont_fragment=pending.dont_fragment,
+            reserved_port=bound[1] + 1 if pending.reserve_next else None,
+        )
+        self._allocations[five_tuple] = allocation
+        self._by_handle[handle] = allocation
+        user = (credentials.username, credentials.realm)
+        self._per_user[user] = self._per_user.get(user, 0) + 1
+        self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        log.info(
+            "allocation %s:%d/%s for %r relayed at %s:%d for %ds",
+            five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value,
+            credentials.username, relayed[0], relayed[1], pending.lifetime,
+        )
+        response = self._success(pending.request)
+        response.add(Attr.XOR_RELAYED_ADDRESS, relayed)
+        response.add(Attr.LIFETIME, pending.lifetime)
+        if reservation_token is not None:
+            response.add(Attr.RESERVATION_TOKEN, reservation_token)
+        response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
+        return [
+            self._reply(pending.request, response, five_tuple, credentials.key),
+            AllocationCreated(five_tuple, credentials.username, relayed, pending.lifetime),
+        ]
+
+    def relay_failed(self, token: int, failure: RelayFailure, now: float) -> list[Action]:
+        """The adapter could not bind the relay socket asked for by OpenRelay(token)."""
+        self._now = now
+        pending = self._pending.pop(token, None)
+        if pending is None:
+            return []
+        if failure is RelayFailure.PORT_IN_USE:
+            self._ports.mark_busy(pending.port, now)
+            if pending.reserve_next:
+                self._ports.release(pending.port + 1)
+            if not pending.from_reservation and pending.attempts < OPEN_RELAY_ATTEMPTS:
+                port = self._ports.take(now, even=pending.reserve_next, with_next=pending.reserve_next)
+                if port is not None:
+                    pending.port = port
+                    pending.attempts += 1
+                    return [self._open_relay(pending)]
+            error = TurnError(508, "Insufficient Capacity")
+        else:
+            self._ports.release(pending.port)
+            if pending.reserve_next:
+                self._ports.release(pending.port + 1)
+            if failure is RelayFailure.FAMILY_UNAVAILABLE:
+                error = TurnError(440, "Address Family not Supported")
+            else:
+                error = TurnError(508, "Insufficient Capacity")
+        response = self._error(pending.request, error)
+        response.add(Attr.XOR_MAPPED_ADDRESS, pending.five_tuple.client)
+        return [self._reply(pending.request, response, pending.five_tuple, pending.credentials.key)]
+
+    def connection_closed(self, five_tuple: FiveTuple, now: float) -> list[Action]:
+        """A TCP/TLS client went away: its allocation dies with it (RFC 8656 §7)."""
+        allocation = self._allocations.get(five_tuple)
+        if allocation is None:
+            return []
+        return self._delete(allocation, "closed")
+
+    def tick(self, now: float) -> list[Action]:
+        """Expire whatever is due; call about once a second."""
+        actions: list[Action] = []
+        for kind, owner, item in self._deadlines.pop_due(now):
+            if kind is DeadlineKind.RESERVATION:
+                reservation = self._reservations.get(item)
+                if reservation is not None and reservation.expires <= now:
+                    del self._reservations[item]
+                    self._ports.release(reservation.port)
+                continue
+            allocation: Allocation = owner
+            if self._allocations.get(allocation.five_tuple) is not allocation:
+                continue  # already deleted
+            if kind is DeadlineKind.ALLOCATION:
+                if allocation.expires <= now:
+                    actions.extend(self._delete(allocation, "expired"))
+            elif kind is DeadlineKind.PERMISSION:
+                expires = allocation.permissions.get(item)
+                if expires is not None and expires <= now:
+                    del allocation.permissions[item]
+                    self._sync_routes(allocation, now)
+            elif kind is DeadlineKind.CHANNEL:
+                binding: ChannelBinding = item
+                if allocation.channels.get(binding.channel) is binding and binding.expires <= now:
+                    del allocation.channels[binding.channel]
+                    del allocation.peer_channels[binding.peer]
+                    self._sync_routes(allocation, now)
+        expiry = self._response_expiry
+        while expiry and expiry[0][0] <= now:
+            self._responses.pop(expiry.popleft()[1], None)
+        return actions
+
+    def close_all(self) -> list[Action]:
+        """Free every allocation (server shutdown)."""
+        actions: list[Action] = []
+        for allocation in list(self._allocations.values()):
+            actions.extend(self._delete(allocation, "shutdown"))
+        return actions
+
+    # ---------------------------------------------------------------------------------------- requests
+    def _handle_request(self, request: Message, five_tuple: FiveTuple, now: float) -> list[Action]:
+        method = request.method
+        if method == Method.BINDING:
+            return self._handle_binding(request, five_tuple)
+        if method == Method.SHARED_SECRET:
+            # RFC 3489 §9.2: only over TLS; reTurn's TLS credentials are usable nowhere, so pyturn refuses both.
+            return [self._reply(request, self._error(request, TurnError(433, "TLS Required")), five_tuple, None)]
+        handler = self._handlers.get(method)
+        if handler is None:
+            return [self._reply(request, self._error(request, TurnError(400, "Bad Request")), five_tuple, None)]
+        allocation = self._allocations.get(five_tuple)
+        if allocation is None and method != Method.ALLOCATE:
+            # RFC 8656 §7.3, §9.2, §11.2: no allocation on this 5-tuple -> 437. Answered before credentials are
+            # looked at: nothing is protected here, and the short answer keeps amplification low.
+            return [self._reply(request, self._error(request, TurnError(437, "Allocation Mismatch")), five_tuple, None)]
+        try:
+            credentials = authenticate(
+                request, realm=self.config.authentication_realm, nonces=self._nonces, lookup=self._users, now=now
+            )
+        except Challenge as challenge:
+            response = self._error(request, challenge)
+            response.add(Attr.REALM, self.config.authentication_realm)
+            response.add(Attr.NONCE, self._nonces.issue(now))
+            actions: list[Action] = [self._reply(request, response, five_tuple, None)]
+            if request.integrity_offset is not None:
+                actions.append(AuthFailed(five_tuple, challenge.code, request.get(Attr.USERNAME)))
+            return actions
+        except TurnError as error:
+            return [self._reply(request, self._error(request, error), five_tuple, None)]
+        # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
+        if request.unknown_required:
+            response = self._error(request, TurnError(420, "Unknown Attribute"))
+            response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(request.unknown_required))
+            return [self._reply(request, response, five_tuple, credentials.key)]
+        try:
+            return handler(self, request, five_tuple, credentials, allocation, now)
+        except TurnError as error:
+            response = self._error(request, error)
+            if method == Method.ALLOCATE:
+                response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
+            return [self._reply(request, response, five_tuple, credentials.key)]
+
+    def _handle_binding(self, request: Message, five_tuple: FiveTuple) -> list[Action]:
+        """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (reTurn.md §6.3)."""
+        client = five_tuple.client
+        if request.unknown_required:
+            response = self._error(request, TurnError(420, "Unknown Attribute"))
+            response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(request.unknown_required))
+            return [self._reply(request, response, five_tuple, None)]
+        response = self._success(request)
+        # RFC 3489 clients (no magic cookie) only understand MAPPED-ADDRESS.
+        response.add(Attr.MAPPED_ADDRESS if request.classic else Attr.XOR_MAPPED_ADDRESS, client)
+        alternate = self._alternate
+        if alternate is None or five_tuple.transport is not Transport.UDP or ":" in five_tuple.server[0]:
+            return [self._reply(request, response, five_tuple, None)]
+        (primary_ip, primary_port), (other_ip, other_port) = alternate
+        here_ip, here_port = five_tuple.server
+        if here_ip not in (primary_ip, other_ip) or here_port not in (primary_port, other_port):
+            return [self._reply(request, response, five_tuple, None)]
+        swap_ip = other_ip if here_ip == primary_ip else primary_ip
+        swap_port = other_port if here_port == primary_port else primary_port
+        flags = request.get(Attr.CHANGE_REQUEST, 0)
+        source = (swap_ip if flags & CHANGE_IP else here_ip, swap_port if flags & CHANGE_PORT else here_port)
+        changed = (swap_ip, swap_port)
+        destination = client
+        if request.classic:
+            response.add(Attr.SOURCE_ADDRESS, source).add(Attr.CHANGED_ADDRESS, changed)
+            target = request.get(Attr.RESPONSE_ADDRESS)
+            # RESPONSE-ADDRESS is honoured only towards the requester's own IP: no reflection to third parties.
+            if target is not None and target[0] == client[0]:
+                destination = target
+                response.add(Attr.REFLECTED_FROM, client)
+        else:
+            response.add(Attr.RESPONSE_ORIGIN, source).add(Attr.OTHER_ADDRESS, changed)
+            port = request.get(Attr.RESPONSE_PORT)
+            if port is not None:
+                destination = (client[0], port)  # RFC 5780 §7.5: same IP, another port
+        data = self._encode(request, response, None)
+        return [SendFrom(source, destination, data)]
+
+    def _allocate(
+        self,
+        request: Message,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        allocation: Allocation | None,
+        now: float,
+    ) -> list[Action]:
+        """RFC 8656 §7.2 (and RFC 6156 §4.2 for the address family)."""
+        config = self.config
+        # §7.2 step 2: a 5-tuple already allocated -> 437 (a retransmission was answered from the cache).
+        if allocation is not None or any(p.five_tuple == five_tuple for p in self._pending.values()):
+            raise TurnError(437, "Allocation Mismatch")
+        # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP.
+        transport = request.get(Attr.REQUESTED_TRANSPORT)
+        if transport is None:
+            raise TurnError(400, "Bad Request")
+        if transport != UDP_PROTOCOL:
+            raise TurnError(442, "Unsupported Transport Protocol")
+        even_port = request.get(Attr.EVEN_PORT)
+        token = request.get(Attr.RESERVATION_TOKEN)
+        family_requested = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT or REQUESTED-ADDRESS-FAMILY together with RESERVATION-TOKEN -> 400.
+        if token is not None and (even_port is not None or family_requested is not None):
+            raise TurnError(400, "Bad Request")
+        if family_requested is not None and family_requested not in (FAMILY_IPV4, FAMILY_IPV6):
+            raise TurnError(440, "Address Family not Supported")
+        family = family_requested or _family_of(five_tuple.server[0])
+        # §7.2 step 6 (RFC 8656 §7.2 "486 Allocation Quota Reached").
+        user = (credentials.username, credentials.realm)
+        if config.max_allocations_per_user and self._per_user.get(user, 0) >= config.max_allocations_per_user:
+            raise TurnError(486, "Allocation Quota Reached")
+        if config.max_allocations and len(self._allocations) + len(self._pending) >= config.max_allocations:
+            raise TurnError(486, "Allocation Quota Reached")
+        lifetime = self._lifetime(request)
+        reserve_next = bool(even_port)
+        if token is not None:
+            reservation = self._reservations.pop(token, None)
+            if reservation is None or reservation.expires <= now:
+                raise TurnError(508, "Insufficient Capacity")
+            port: int | None = reservation.port  # already held by the pool since the even allocation
+        else:
+            port = self._ports.take(now, even=even_port is not None, with_next=reserve_next)
+        if port is None:
+            raise TurnError(508, "Insufficient Capacity")
+        pending = _PendingAllocation(
+            request=request,
+            five_tuple=five_tuple,
+            credentials=credentials,
+            lifetime=lifetime,
+            family=family,
+            host=self._relay_host(family, five_tuple),
+            port=port,
+            dont_fragment=request.has(Attr.DONT_FRAGMENT),
+            reserve_next=reserve_next,
+            from_reservation=token is not None,
+        )
+        return [self._open_relay(pending)]
+
+    def _refresh(
+        self,
+        request: Message,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        allocation: Allocation | None,
+        now: float,
+    ) -> list[Action]:
+        """RFC 8656 §7.3."""
+        assert allocation is not None
+        self._check_owner(allocation, credentials)
+        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        if family is not None and family != allocation.family:
+            raise TurnError(443, "Peer Address Family Mismatch")
+        response = self._success(request)
+        if request.get(Attr.LIFETIME) == 0:
+            actions = self._delete(allocation, "refresh")
+            response.add(Attr.LIFETIME, 0)
+            return [self._reply(request, response, five_tuple, credentials.key), *actions]
+        lifetime = self._lifetime(request)
+        allocation.expires = now + lifetime
+        self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        response.add(Attr.LIFETIME, lifetime)
+        return [self._reply(request, response, five_tuple, credentials.key), AllocationRefreshed(five_tuple, lifetime)]
+
+    def _create_permission(
+        self,
+        request: Message,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        allocation: Allocation | None,
+        now: float,
+    ) -> list[Action]:
+        """RFC 8656 §9.2: every XOR-PEER-ADDRESS is checked before any permission is installed."""
+        assert allocation is not None
+        self._check_owner(allocation, credentials)
+        peers = request.get_all(Attr.XOR_PEER_ADDRESS)
+        if not peers:
+            raise TurnError(400, "Bad Request")
+        for peer in peers:
+            self._check_peer(allocation, peer)
+        actions: list[Action] = []
+        for peer in peers:
+            if self._install_permission(allocation, peer[0], now):
+                actions.append(PermissionInstalled(five_tuple, peer[0]))
+        self._sync_routes(allocation, now)
+        return [self._reply(request, self._success(request), five_tuple, credentials.key), *actions]
+
+    def _channel_bind(
+        self,
+        request: Message,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        allocation: Allocation | None,
+        now: float,
+    ) -> list[Action]:
+        """RFC 8656 §11.2 (channel range 0x4000-0x7FFF as RFC 5766 and reTurn)."""
+        assert allocation is not None
+        self._check_owner(allocation, credentials)
+        channel = request.get(Attr.CHANNEL_NUMBER)
+        peer = request.get(Attr.XOR_PEER_ADDRESS)
+        if channel is None or peer is None:
+            raise TurnError(400, "Bad Request")
+        if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+            raise TurnError(400, "Bad Request")
+        self._check_peer(allocation, peer)
+        bound = allocation.channels.get(channel)
+        if bound is not None and bound.peer != peer:
+            raise TurnError(400, "Bad Request")  # channel bound to another peer
+        other = allocation.peer_channels.get(peer)
+        if other is not None and other.channel != channel:
+            raise TurnError(400, "Bad Request")  # peer bound to another channel
+        actions: list[Action] = []
+        if bound is None:
+            bound = ChannelBinding(channel, peer, now + CHANNEL_LIFETIME)
+            allocation.channels[channel] = bound
+            allocation.peer_channels[peer] = bound
+            actions.append(ChannelBound(five_tuple, channel, peer))
+        else:
+            bound.expires = now + CHANNEL_LIFETIME
+        self._deadlines.push(bound.expires, DeadlineKind.CHANNEL, allocation, bound)
+        # §11.2: binding a channel installs or refreshes the permission for the peer's IP.
+        if self._install_permission(allocation, peer[0], now):
+            actions.append(PermissionInstalled(five_tuple, peer[0]))
+        self._sync_routes(allocation, now)
+        return [self._reply(request, self._success(request), five_tuple, credentials.key), *actions]
+
+    _handlers: dict[int, Callable[..., list[Action]]] = {
+        Method.ALLOCATE: _allocate,
+        Method.REFRESH: _refresh,
+        Method.CREATE_PERMISSION: _create_permission,
+        Method.CHANNEL_BIND: _channel_bind,
+    }
+
+    # ------------------------------------------------------------------------------------ client data
+    def _handle_send(self, indication: Message, five_tuple: FiveTuple, now: float) -> list[Action]:
+        """RFC 8656 §11.2/§11.3: Send indications are never answered; anything wrong drops them."""
+        allocation = self._allocations.get(five_tuple)
+        if allocation is None or indication.unknown_required:
+            return []
+        peer = indication.get(Attr.XOR_PEER_ADDRESS)
+        data = indication.get(Attr.DATA)
+        if peer is None or data is None or _family_of(peer[0]) != allocation.family:
+            return []
+        if not allocation.has_permission(peer[0], now):
+            return []
+        return [SendToPeer(allocation.relay_handle, peer, data)]
+
+    def _handle_channel_data(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:
+        allocation = self._allocations.get(five_tuple)
+        if allocation is None:
+            return []
+        try:
+            channel, payload = decode_channel_data(data)
+        except StunDecodeError:
+            return []
+        binding = allocation.channels.get(channel)
+        if binding is None or binding.expires <= now or not allocation.has_permission(binding.peer[0], now):
+            return []
+        return [SendToPeer(allocation.relay_handle, binding.peer, payload)]
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _lifetime(self, request: Message) -> int:
+        """reTurn's arithmetic (reTurn.md §6.5 step 9): the default is also the floor, the maximum the cap."""
+        default = self.config.default_allocation_lifetime
+        maximum = self.config.max_allocation_lifetime
+        requested: int | None = request.get(Attr.LIFETIME)
+        if requested is None or requested <= default:
+            return default
+        return min(requested, maximum)
+
+    def _relay_host(self, family: int, five_tuple: FiveTuple) -> str:
+        config = self.config
+        configured = config.relay_v6_address if family == FAMILY_IPV6 else config.relay_address
+        if configured:
+            return configured
+        server_host = five_tuple.server[0]
+        if _family_of(server_host) == family:
+            return server_host  # may be a wildcard: the adapter then binds the address the client reached
+        if family == FAMILY_IPV6:
+            return config.turn_v6_address if _family_of(config.turn_v6_address) == FAMILY_IPV6 else "::"
+        return config.turn_address if _family_of(config.turn_address) == FAMILY_IPV4 else "0.0.0.0"
+
+    def _open_relay(self, pending: _PendingAllocation) -> OpenRelay:
+        self._next_token += 1
+        self._pending[self._next_token] = pending
+        return OpenRelay(
+            self._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment
+        )
+
+    @staticmethod
+    def _check_owner(allocation: Allocation, credentials: Credentials) -> None:
+        # RFC 8656 §5 / reTurn: later requests must use the allocation's username and key -> 441.
+        if credentials.username != allocation.username or credentials.key != allocation.key:
+            raise TurnError(441, "Wrong Credentials")
+
+    def _check_peer(self, allocation: Allocation, peer: Address) -> None:
+        if _family_of(peer[0]) != allocation.family:
+            raise TurnError(443, "Peer Address Family Mismatch")  # RFC 6156 §5
+        if not self.policy.is_allowed(peer[0]):
+            raise TurnError(403, "Forbidden")  # RFC 8656 §9.2
+
+    def _install_permission(self, allocation: Allocation, ip: str, now: float) -> bool:
+        new = ip not in allocation.permissions
+        allocation.permissions[ip] = now + PERMISSION_LIFETIME
+        self._deadlines.push(now + PERMISSION_LIFETIME, DeadlineKind.PERMISSION, allocation, ip)
+        return new
+
+    def _sync_routes(self, allocation: Allocation, now: float) -> None:
+        """Rebuild this allocation's fast-path entries: live channels whose peer IP has a permission."""
+        five_tuple = allocation.five_tuple
+        table = self.routes(five_tuple.transport, five_tuple.server)
+        client = five_tuple.client
+        live = allocation.channel_for_peer
+        live.clear()
+        for channel, binding in allocation.channels.items():
+            key = (client, channel)
+            if binding.expires > now and allocation.has_permission(binding.peer[0], now):
+                live[binding.peer] = channel
+                table[key] = (allocation.relay_handle, binding.peer)
+            else:
+                table.pop(key, None)
+
+    def _delete(self, allocation: Allocation, reason: str) -> list[Action]:
+        five_tuple = allocation.five_tuple
+        del self._allocations[five_tuple]
+        self._by_handle.pop(allocation.relay_handle, None)
+        user = (allocation.username, allocation.realm)
+        remaining = self._per_user.get(user, 1) - 1
+        if remaining:
+            self._per_user[user] = remaining
+        else:
+            self._per_user.pop(user, None)
+        table = self.routes(five_tuple.transport, five_tuple.server)
+        for channel in allocation.channels:
+            table.pop((five_tuple.client, channel), None)
+        allocation.channel_for_peer.clear()
+        self._ports.release(allocation.relayed[1])
+        if allocation.reserved_port is not None:
+            self._release_reservation(allocation.reserved_port)
+        log.info(
+            "allocation %s:%d/%s deleted (%s)",
+            five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason,
+        )
+        return [CloseRelay(allocation.relay_handle), AllocationDeleted(five_tuple, reason, allocation.relay_handle)]
+
+    def _release_reservation(self, port: int) -> None:
+        for token, reservation in list(self._reservations.items()):
+            if reservation.port == port:
+                del self._reservations[token]
+                self._ports.release(port)
+                return
+
+    # ---------------------------------------------------------------------------------------- responses
+    @staticmethod
+    def _success(request: Message) -> Message:
+        return Message(request.method, MessageClass.SUCCESS, request.transaction_id)
+
+    @staticmethod
+    def _error(request: Message, error: TurnError) -> Message:
+        response = Message(request.method, MessageClass.ERROR, request.transaction_id)
+        response.add(Attr.ERROR_CODE, (error.code, error.reason))
+        return response
+
+    def _encode(self, request: Message, response: Message, key: bytes | None) -> bytes:
+        if self._software is not None:
+            response.add(Attr.SOFTWARE, self._software)
+        # RFC 8489 §14.7 / reTurn: FINGERPRINT is mirrored when the request carried one.
+        return encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+
+    def _reply(self, request: Message, response: Message, five_tuple: FiveTuple, key: bytes | None) -> SendToClient:
+        """Encode a response; authenticated ones carry MESSAGE-INTEGRITY and are kept for retransmissions."""
+        data = self._encode(request, response, key)
+        if key is not None:
+            cache_key = (five_tuple, request.transaction_id)
+            self._responses[cache_key] = data
+            self._response_expiry.append((self._now + RESPONSE_CACHE_LIFETIME, cache_key))
+        return SendToClient(five_tuple, data)

@@ -1,0 +1,164 @@
+"""Which peers a client may relay to (RFC 8656 §9, RFC 6156 §9.1; anchors.md §5.3).
+
+A TURN server that relays anywhere is an open proxy into its own network (loopback services, cloud metadata,
+the server itself). The policy checked on CreatePermission, ChannelBind and Send:
+
+1. An address is considered under every spelling it has: an IPv6 address that embeds an IPv4 address
+   (IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64, 6to4, Teredo) is also checked as that IPv4 address,
+   so ``::ffff:127.0.0.1`` cannot slip past a loopback rule (CVE-2026-27624, CVE-2020-26262).
+2. If any spelling is in ``allowed``, the peer is allowed: the operator's allow list beats every deny,
+   including the built-in ones (test rigs allow 127.0.0.0/8 and ::1).
+3. Otherwise any spelling in :data:`BUILTIN_DENIED`, in ``denied`` or among the server's own addresses
+   denies it.
+4. Everything else is allowed. Private ranges (RFC 1918, CGNAT, ULA) are allowed by default because enterprise
+   PBXs live there; operators who do not need them list them in ``denied``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+
+from pyturn.errors import ConfigError
+
+__all__ = ["BUILTIN_DENIED", "PeerPolicy", "embedded_ipv4"]
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+BUILTIN_DENIED: tuple[IPNetwork, ...] = (
+    ip_network("0.0.0.0/8"),  # "this network" / unspecified (RFC 791, RFC 6890)
+    ip_network("127.0.0.0/8"),  # loopback (RFC 1122 §3.2.1.3)
+    ip_network("169.254.0.0/16"),  # link-local, incl. cloud metadata 169.254.169.254 (RFC 3927)
+    ip_network("224.0.0.0/4"),  # multicast (RFC 5771)
+    ip_network("240.0.0.0/4"),  # reserved, incl. limited broadcast 255.255.255.255 (RFC 1112, RFC 919)
+    ip_network("::/128"),  # unspecified (RFC 4291 §2.5.2)
+    ip_network("::1/128"),  # loopback (RFC 4291 §2.5.3)
+    ip_network("fe80::/10"),  # link-local (RFC 4291 §2.5.6)
+    ip_network("ff00::/8"),  # multicast (RFC 4291 §2.7)
+    ip_network("2002::/16"),  # 6to4: RFC 6156 §9.1, MUST NOT relay to it
+    ip_network("2001::/32"),  # Teredo: RFC 6156 §9.1, MUST NOT relay to it
+)
+
+_IPV4_MAPPED_PREFIX = 0xFFFF  # ::ffff:a.b.c.d, RFC 4291 §2.5.5.2 (bits 0..95 = 0:0:0:0:0:ffff)
+_IPV4_TRANSLATED_PREFIX = 0xFFFF0000  # ::ffff:0:a.b.c.d, SIIT (RFC 2765 §2.1)
+_NAT64_WELL_KNOWN_PREFIX = 0x0064_FF9B_0000_0000_0000_0000  # 64:ff9b::/96, RFC 6052 §2.1 (upper 96 bits)
+_NAT64_LOCAL_USE_PREFIX = 0x0064_FF9B_0001  # 64:ff9b:1::/48, RFC 8215 (upper 48 bits)
+_LOW_32_BITS = 0xFFFF_FFFF
+
+
+def embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for or carries, or None.
+
+    Covered: IPv4-mapped ::ffff:a.b.c.d, IPv4-translated ::ffff:0:a.b.c.d, IPv4-compatible ::a.b.c.d
+    (deprecated, RFC 4291 §2.5.5.1; :: and ::1 excluded), NAT64 64:ff9b::/96 and 64:ff9b:1::/48 (the
+    local-use prefix is assumed to be used as a /96, i.e. the last 32 bits), 6to4 2002:a.b.c.d::/48
+    (RFC 3056 §2) and Teredo 2001::/32 (the client's obfuscated address, RFC 4380 §4).
+    """
+    value = int(address)
+    upper_96 = value >> 32
+    low_32 = IPv4Address(value & _LOW_32_BITS)
+    if upper_96 in (_IPV4_MAPPED_PREFIX, _IPV4_TRANSLATED_PREFIX):
+        return low_32
+    if upper_96 == 0:
+        return low_32 if value > 1 else None
+    if upper_96 == _NAT64_WELL_KNOWN_PREFIX or value >> 80 == _NAT64_LOCAL_USE_PREFIX:
+        return low_32
+    six_to_four = address.sixtofour
+    if six_to_four is not None:
+        return six_to_four
+    teredo = address.teredo
+    if teredo is not None:
+        _server, client = teredo
+        return client
+    return None
+
+
+def _spellings(address: IPAddress) -> tuple[IPAddress, ...]:
+    if isinstance(address, IPv6Address):
+        if address.scope_id is not None:
+            address = IPv6Address(int(address))
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return (address, inner)
+    return (address,)
+
+
+# Networks as (prefix value, mask) integer pairs per IP version: a membership test is one AND and one compare.
+_MaskTable = tuple[tuple[int, int], ...]
+
+
+def _mask_table(networks: Iterable[IPNetwork], version: int) -> _MaskTable:
+    return tuple(
+        (int(network.network_address), int(network.netmask))
+        for network in networks
+        if network.version == version
+    )
+
+
+def _in_table(value: int, table: _MaskTable) -> bool:
+    return any(value & mask == prefix for prefix, mask in table)
+
+
+def _normalised_address(text: str) -> str:
+    try:
+        address = ip_address(text)
+    except ValueError:
+        raise ConfigError(f"not an IP address: {text!r}") from None
+    # A dual-stack socket reports IPv4 peers and local addresses as ::ffff:a.b.c.d; store the IPv4 form.
+    return str(_spellings(address)[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPolicy:
+    """Which peer IP addresses may be relayed to; see the module docstring for the rules."""
+
+    denied: tuple[IPNetwork, ...] = ()
+    allowed: tuple[IPNetwork, ...] = ()
+    server_addresses: frozenset[str] = frozenset()
+    _denied_v4: _MaskTable = field(init=False, repr=False, compare=False)
+    _denied_v6: _MaskTable = field(init=False, repr=False, compare=False)
+    _allowed_v4: _MaskTable = field(init=False, repr=False, compare=False)
+    _allowed_v6: _MaskTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__  # frozen dataclass: derived fields are set once, here
+        set_field(self, "denied", tuple(self.denied))
+        set_field(self, "allowed", tuple(self.allowed))
+        set_field(self, "server_addresses", frozenset(_normalised_address(a) for a in self.server_addresses))
+        every_denied = BUILTIN_DENIED + self.denied
+        set_field(self, "_denied_v4", _mask_table(every_denied, 4))
+        set_field(self, "_denied_v6", _mask_table(every_denied, 6))
+        set_field(self, "_allowed_v4", _mask_table(self.allowed, 4))
+        set_field(self, "_allowed_v6", _mask_table(self.allowed, 6))
+
+    def with_server_addresses(self, addrs: Iterable[str]) -> PeerPolicy:
+        """A copy that also denies these addresses (the server's listening and relay IPs).
+
+        Raises ConfigError for a string that is not an IP address.
+        """
+        return dataclasses.replace(self, server_addresses=self.server_addresses | frozenset(addrs))
+
+    def is_allowed(self, ip: str | IPAddress) -> bool:
+        """Whether a peer at this IP may be relayed to. Never raises: anything unparsable is denied."""
+        if isinstance(ip, IPv4Address | IPv6Address):
+            address: IPAddress = ip
+        elif isinstance(ip, str):  # ip_address would also take ints and packed bytes: not an address string
+            try:
+                address = ip_address(ip)
+            except ValueError:
+                return False
+        else:
+            return False
+        spellings = _spellings(address)
+        for spelling in spellings:
+            if _in_table(int(spelling), self._allowed_v4 if spelling.version == 4 else self._allowed_v6):
+                return True
+        for spelling in spellings:
+            if _in_table(int(spelling), self._denied_v4 if spelling.version == 4 else self._denied_v6):
+                return False
+            if str(spelling) in self.server_addresses:
+                return False
+        return True

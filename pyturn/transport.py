@@ -1,0 +1,441 @@
+"""asyncio adapters around the sans-IO core: UDP listeners, TCP/TLS streams and UDP relay sockets.
+
+The relay hot path lives here. UDP sockets are plain non-blocking sockets drained from ``loop.add_reader``
+(one wake-up reads up to DRAIN_BATCH datagrams), which avoids asyncio's per-datagram transport overhead.
+A ChannelData datagram costs a dict lookup and one ``sendto``; a peer datagram on a bound channel costs a
+dict lookup, a 4-byte header and one ``sendmsg``. Everything else goes through the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from pyturn.allocation import FiveTuple, Transport
+from pyturn.core import (
+    Action,
+    CloseClient,
+    CloseRelay,
+    OpenRelay,
+    RelayFailure,
+    SendFrom,
+    SendToClient,
+    SendToPeer,
+    TurnServerCore,
+)
+from pyturn.errors import StunDecodeError
+from pyturn.stun import Address, StreamFramer
+
+log = logging.getLogger(__name__)
+
+DRAIN_BATCH = 64
+MAX_DATAGRAM = 65535
+SOCKET_BUFFER = 1 << 20
+_CHANNEL_HEADER = struct.Struct("!HH")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+# Linux values; the socket module only names some of them on some builds.
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
+_IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+_ROUTE_PROBE = {socket.AF_INET: ("192.0.2.1", 9), socket.AF_INET6: ("2001:db8::1", 9)}
+
+EventSink = Callable[[Any], None]
+
+
+def _plain(address: Any) -> Address:
+    """(host, port) from what the socket layer gives (IPv6 adds flowinfo and scope id)."""
+    return (address[0], address[1])
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def local_address_towards(family: int, destination: Address) -> str:
+    """The local IP the kernel would use to reach `destination` (a connect() on UDP sends nothing)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((destination[0], destination[1] or 9))
+        host: str = probe.getsockname()[0]
+        return host
+
+
+def _set_buffers(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def _set_dont_fragment(sock: socket.socket, family: int) -> None:
+    """RFC 8656 §7.2 DONT-FRAGMENT: set DF on everything the relay sends (path-MTU discovery 'do')."""
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+    except OSError:
+        log.debug("could not set DF on a relay socket", exc_info=True)
+
+
+def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _set_buffers(sock)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Runtime:
+    """Carries out the core's actions; owns the socket registries shared by the adapters."""
+
+    def __init__(self, core: TurnServerCore, loop: asyncio.AbstractEventLoop, on_event: EventSink | None) -> None:
+        self.core = core
+        self.loop = loop
+        self.on_event = on_event
+        self.udp_listeners: dict[Address, UdpListener] = {}
+        self.streams: dict[FiveTuple, StreamConnection] = {}
+        self.relays: set[RelayEndpoint] = set()
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def dispatch(self, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is SendToClient:
+                self._send_to_client(action.five_tuple, action.data)  # type: ignore[union-attr]
+            elif kind is SendToPeer:
+                action.handle.send(action.data, action.peer)  # type: ignore[union-attr]
+            elif kind is OpenRelay:
+                self._open_relay(action)  # type: ignore[arg-type]
+            elif kind is CloseRelay:
+                action.handle.close()  # type: ignore[union-attr]
+            elif kind is SendFrom:
+                listener = self.udp_listeners.get(action.source)  # type: ignore[union-attr]
+                if listener is not None:
+                    listener.send(action.data, action.destination)  # type: ignore[union-attr]
+            elif kind is CloseClient:
+                stream = self.streams.get(action.five_tuple)  # type: ignore[union-attr]
+                if stream is not None:
+                    stream.close()
+            elif self.on_event is not None:
+                try:
+                    self.on_event(action)
+                except Exception:
+                    log.exception("event hook failed")
+
+    def _send_to_client(self, five_tuple: FiveTuple, data: bytes) -> None:
+        if five_tuple.transport is Transport.UDP:
+            listener = self.udp_listeners.get(five_tuple.server)
+            if listener is not None:
+                listener.send(data, five_tuple.client)
+        else:
+            stream = self.streams.get(five_tuple)
+            if stream is not None:
+                stream.write(data)
+
+    def _open_relay(self, action: OpenRelay) -> None:
+        five_tuple = action.five_tuple
+        family = socket.AF_INET6 if action.family == 2 else socket.AF_INET
+        now = self.now()
+        try:
+            host = action.host
+            if _wildcard(host):
+                same_family = (":" in five_tuple.client[0]) == (family == socket.AF_INET6)
+                # RFC 6156 cross-family relay with no RelayAddress: the address routed towards a documentation
+                # prefix (a UDP connect sends nothing); no route means the family is unavailable (440).
+                towards = five_tuple.client if same_family else _ROUTE_PROBE[family]
+                host = local_address_towards(family, towards)
+            sock = bind_udp(host, action.port)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                failure = RelayFailure.PORT_IN_USE
+            elif error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.ENETUNREACH):
+                failure = RelayFailure.FAMILY_UNAVAILABLE
+            else:
+                failure = RelayFailure.OTHER
+                log.warning("relay bind on %s:%d failed: %s", action.host, action.port, error)
+            self.dispatch(self.core.relay_failed(action.token, failure, now))
+            return
+        if action.dont_fragment:
+            _set_dont_fragment(sock, family)
+        relay = RelayEndpoint(self, sock, five_tuple)
+        self.relays.add(relay)
+        self.dispatch(self.core.relay_opened(action.token, relay, _plain(sock.getsockname()), now))
+
+
+class UdpListener:
+    """A UDP socket clients talk to (TurnPort, and the RFC 5780 alternate sockets)."""
+
+    __slots__ = ("address", "core", "routes", "runtime", "sock", "v6")
+
+    def __init__(self, runtime: Runtime, sock: socket.socket) -> None:
+        self.runtime = runtime
+        self.core = runtime.core
+        self.sock = sock
+        self.address: Address = _plain(sock.getsockname())
+        self.v6 = sock.family == socket.AF_INET6
+        self.routes = runtime.core.routes(Transport.UDP, self.address)
+        runtime.udp_listeners[self.address] = self
+        runtime.loop.add_reader(sock.fileno(), self._readable)
+
+    def send(self, data: bytes, destination: Address) -> None:
+        try:
+            self.sock.sendto(data, destination)
+        except OSError:
+            pass  # UDP: a full buffer or an unreachable client loses the datagram, as the network would
+
+    def _readable(self) -> None:
+        sock = self.sock
+        routes = self.routes
+        for _ in range(DRAIN_BATCH):
+            try:
+                data, source = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if self.v6:
+                source = (source[0], source[1])
+            # Fast path: ChannelData on a bound channel (RFC 8656 §12.4); the first two bits are 01.
+            if len(data) >= 4 and data[0] & 0xC0 == 0x40:
+                route = routes.get((source, (data[0] << 8) | data[1]))
+                if route is not None:
+                    end = 4 + ((data[2] << 8) | data[3])
+                    if end <= len(data):
+                        route[0].send(data[4:end], route[1])
+                    continue
+            try:
+                actions = self.core.handle_client(
+                    data, FiveTuple(Transport.UDP, source, self.address), self.runtime.now()
+                )
+            except Exception:
+                log.exception("dropped a datagram from %s:%d after an internal error", source[0], source[1])
+                continue
+            self.runtime.dispatch(actions)
+
+    def close(self) -> None:
+        self.runtime.udp_listeners.pop(self.address, None)
+        try:
+            self.runtime.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self.sock.close()
+
+
+class RelayEndpoint:
+    """One allocation's relay socket. Its identity is the handle the core keys the allocation by."""
+
+    __slots__ = (
+        "allocation", "bytes_to_client", "bytes_to_peer", "client", "closed", "fd", "pad", "runtime",
+        "sock", "stream_key", "udp_sock", "v6",
+    )
+
+    def __init__(self, runtime: Runtime, sock: socket.socket, five_tuple: FiveTuple) -> None:
+        self.runtime = runtime
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.v6 = sock.family == socket.AF_INET6
+        self.client = five_tuple.client
+        self.closed = False
+        self.bytes_to_peer = 0
+        self.bytes_to_client = 0
+        self.allocation: Any = None
+        listener = runtime.udp_listeners.get(five_tuple.server) if five_tuple.transport is Transport.UDP else None
+        self.udp_sock = listener.sock if listener is not None else None
+        self.stream_key = five_tuple
+        self.pad = five_tuple.transport is not Transport.UDP and runtime.core.config.tcp_channel_data_padding
+        runtime.loop.add_reader(self.fd, self._readable)
+
+    def send(self, data: bytes, peer: Address) -> None:
+        try:
+            self.sock.sendto(data, peer)
+        except OSError:
+            return
+        self.bytes_to_peer += len(data)
+
+    def _readable(self) -> None:
+        if self.allocation is None:
+            self.allocation = self.runtime.core.allocation_for_handle(self)
+            if self.allocation is None:
+                self._drain_and_drop()
+                return
+        sock = self.sock
+        channels = self.allocation.channel_for_peer
+        for _ in range(DRAIN_BATCH):
+            try:
+                data, peer = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if self.v6:
+                peer = (peer[0], peer[1])
+            channel = channels.get(peer)
+            if channel is not None:
+                self.bytes_to_client += len(data)
+                header = _CHANNEL_HEADER.pack(channel, len(data))
+                if self.udp_sock is not None:
+                    try:
+                        self.udp_sock.sendmsg((header, data), (), 0, self.client)
+                    except OSError:
+                        pass
+                    continue
+                stream = self.runtime.streams.get(self.stream_key)
+                if stream is not None:
+                    stream.write(header + data + _PAD[len(data) % 4] if self.pad else header + data)
+                continue
+            runtime = self.runtime
+            actions = runtime.core.handle_peer(self, data, peer, runtime.now())
+            if actions:
+                self.bytes_to_client += len(data)
+                runtime.dispatch(actions)
+
+    def _drain_and_drop(self) -> None:
+        try:
+            while True:
+                self.sock.recvfrom(MAX_DATAGRAM)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.runtime.relays.discard(self)
+        try:
+            self.runtime.loop.remove_reader(self.fd)
+        except (ValueError, OSError):
+            pass
+        self.sock.close()
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS client connection: STUN and ChannelData framed on one stream (RFC 8656 §12.5)."""
+
+    def __init__(self, runtime: Runtime, transport_kind: Transport, auth_timeout: float) -> None:
+        self.runtime = runtime
+        self.kind = transport_kind
+        self.framer = StreamFramer(channel_padding=runtime.core.config.tcp_channel_data_padding)
+        self.transport: asyncio.Transport | None = None
+        self.five_tuple: FiveTuple | None = None
+        self.routes: dict[tuple[Address, int], tuple[Any, Address]] = {}
+        self.auth_timeout = auth_timeout
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check here.
+        self.transport = transport  # type: ignore[assignment]
+        client = _plain(transport.get_extra_info("peername"))
+        server = _plain(transport.get_extra_info("sockname"))
+        self.five_tuple = FiveTuple(self.kind, client, server)
+        self.routes = self.runtime.core.routes(self.kind, server)
+        self.runtime.streams[self.five_tuple] = self
+        if self.auth_timeout > 0:
+            self.timer = self.runtime.loop.call_later(self.auth_timeout, self._check_authenticated)
+
+    def _check_authenticated(self) -> None:
+        self.timer = None
+        if self.five_tuple is not None and self.five_tuple not in self.runtime.core.allocations:
+            log.debug("closing %s connection from %s: no allocation in time", self.kind.value, self.five_tuple.client)
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        five_tuple = self.five_tuple
+        assert five_tuple is not None
+        try:
+            frames = self.framer.feed(data)
+        except StunDecodeError:
+            self.close()  # an oversized or nonsensical frame desynchronises the stream: give up on it
+            return
+        runtime = self.runtime
+        routes = self.routes
+        client = five_tuple.client
+        for frame in frames:
+            if frame[0] & 0xC0 == 0x40:
+                route = routes.get((client, (frame[0] << 8) | frame[1]))
+                if route is not None:
+                    route[0].send(frame[4:], route[1])
+                    continue
+            try:
+                actions = runtime.core.handle_client(frame, five_tuple, runtime.now())
+            except Exception:
+                log.exception("dropped a frame from %s after an internal error", client)
+                continue
+            runtime.dispatch(actions)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.five_tuple is None:
+            return
+        runtime = self.runtime
+        runtime.streams.pop(self.five_tuple, None)
+        runtime.dispatch(runtime.core.connection_closed(self.five_tuple, runtime.now()))
+
+
+def make_stream_factory(
+    runtime: Runtime, kind: Transport, auth_timeout: float
+) -> Callable[[], StreamConnection]:
+    def factory() -> StreamConnection:
+        return StreamConnection(runtime, kind, auth_timeout)
+
+    return factory
+
+
+async def start_stream_listener(
+    runtime: Runtime,
+    host: str,
+    port: int,
+    kind: Transport,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    auth_timeout: float = 0.0,
+    reuse_port: bool = False,
+) -> asyncio.Server:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return await runtime.loop.create_server(
+        make_stream_factory(runtime, kind, auth_timeout), sock=sock, ssl=ssl_context
+    )

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, then runs the whole suite (extra arguments go to pytest).
+# As root on Debian it also installs the independent client tools the interop tests drive: coturn's
+# turnutils_* (its turnserver service is stopped and disabled: pyturn's tests never use it) and the
+# classic `stun` client. Python packages go into ./.venv unless a virtualenv is already active.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    fi
+}
+if ! command -v turnutils_uclient >/dev/null || ! command -v stun >/dev/null; then
+    apt_install coturn stun-client
+fi
+if [ "$(id -u)" = 0 ]; then
+    (systemctl disable --now coturn || service coturn stop || true) >/dev/null 2>&1
+fi
+python=python3
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv 2>/dev/null || { apt_install python3-venv; rm -rf .venv; python3 -m venv .venv; }
+    fi
+    python=.venv/bin/python
+fi
+"$python" -m pip install -q --disable-pip-version-check -e '.[test]'
+exec "$python" -m pytest -q "$@"

@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+
+import pytest
+
+from pyturn.errors import ConfigError
+from pyturn.policy import BUILTIN_DENIED, PeerPolicy, embedded_ipv4
+
+DEFAULT = PeerPolicy()
+
+DENIED_BY_DEFAULT = [
+    pytest.param("127.0.0.1", id="loopback"),
+    pytest.param("127.255.255.254", id="loopback-top"),
+    pytest.param("::1", id="v6-loopback"),
+    pytest.param("0:0:0:0:0:0:0:1", id="v6-loopback-long-form"),
+    pytest.param("0.0.0.0", id="unspecified"),
+    pytest.param("0.1.2.3", id="this-network"),
+    pytest.param("::", id="v6-unspecified"),
+    pytest.param("::ffff:127.0.0.1", id="v4-mapped-loopback"),
+    pytest.param("::ffff:7f00:1", id="v4-mapped-loopback-hex"),
+    pytest.param("::FFFF:127.0.0.1", id="v4-mapped-loopback-uppercase"),
+    pytest.param("::ffff:0.0.0.0", id="v4-mapped-unspecified"),
+    pytest.param("::ffff:169.254.169.254", id="v4-mapped-metadata"),
+    pytest.param("::ffff:0:127.0.0.1", id="v4-translated-loopback"),
+    pytest.param("::127.0.0.1", id="v4-compatible-loopback"),
+    pytest.param("::0.0.0.2", id="v4-compatible-this-network"),
+    pytest.param("64:ff9b::7f00:1", id="nat64-loopback"),
+    pytest.param("64:ff9b::a9fe:a9fe", id="nat64-metadata"),
+    pytest.param("64:ff9b:1::7f00:1", id="nat64-local-use-loopback"),
+    pytest.param("2002:7f00:1::", id="6to4-loopback"),
+    pytest.param("2002:808:808::1", id="6to4-public"),
+    pytest.param("2001:0:4136:e378::1", id="teredo"),
+    pytest.param("2001:0:4136:e378:8000:63bf:3fff:fdd2", id="teredo-rfc4380-example"),
+    pytest.param("169.254.169.254", id="metadata"),
+    pytest.param("169.254.0.1", id="link-local"),
+    pytest.param("fe80::1", id="v6-link-local"),
+    pytest.param("fe80::1%eth0", id="v6-link-local-scoped"),
+    pytest.param("febf::1", id="v6-link-local-top"),
+    pytest.param("224.0.0.1", id="multicast"),
+    pytest.param("239.255.255.250", id="multicast-ssdp"),
+    pytest.param("ff02::1", id="v6-multicast"),
+    pytest.param("ff0e::1", id="v6-multicast-global"),
+    pytest.param("255.255.255.255", id="broadcast"),
+    pytest.param("240.0.0.1", id="reserved"),
+]
+
+ALLOWED_BY_DEFAULT = [
+    pytest.param("8.8.8.8", id="public-v4"),
+    pytest.param("2606:4700::1111", id="public-v6"),
+    pytest.param("::ffff:8.8.8.8", id="v4-mapped-public"),
+    pytest.param("64:ff9b::808:808", id="nat64-public"),
+    pytest.param("10.0.0.1", id="rfc1918-10"),
+    pytest.param("172.16.0.1", id="rfc1918-172"),
+    pytest.param("192.168.1.1", id="rfc1918-192"),
+    pytest.param("100.64.0.1", id="cgnat"),
+    pytest.param("fd00:ec2::254", id="ula-aws-metadata"),
+    pytest.param("fc00::1", id="ula"),
+    pytest.param("1.0.0.1", id="public-low"),
+    pytest.param("223.255.255.255", id="just-below-multicast"),
+    pytest.param("126.255.255.255", id="just-below-loopback"),
+    pytest.param("128.0.0.0", id="just-above-loopback"),
+]
+
+GARBAGE = [
+    pytest.param("", id="empty"),
+    pytest.param("localhost", id="hostname"),
+    pytest.param("127.1", id="short-v4"),
+    pytest.param("0x7f.0.0.1", id="hex-v4"),
+    pytest.param("0177.0.0.1", id="octal-v4"),
+    pytest.param("127.000.000.001", id="leading-zeros"),
+    pytest.param("2130706433", id="decimal-v4"),
+    pytest.param("256.1.1.1", id="octet-overflow"),
+    pytest.param("[::1]", id="bracketed"),
+    pytest.param("127.0.0.1:3478", id="with-port"),
+    pytest.param(" 8.8.8.8", id="leading-space"),
+    pytest.param("8.8.8.8\n", id="trailing-newline"),
+    pytest.param("1:2:3:4:5:6:7:8:9", id="too-many-groups"),
+    pytest.param("8.8.8.8/32", id="network"),
+    pytest.param("\x00", id="nul"),
+    pytest.param("\udcff", id="surrogate"),
+]
+
+
+@pytest.mark.parametrize("ip", DENIED_BY_DEFAULT)
+def test_policy_default_denies_special_purpose(ip: str) -> None:
+    assert DEFAULT.is_allowed(ip) is False
+
+
+@pytest.mark.parametrize("ip", ALLOWED_BY_DEFAULT)
+def test_policy_default_allows_public_and_private(ip: str) -> None:
+    assert DEFAULT.is_allowed(ip) is True
+
+
+@pytest.mark.parametrize("ip", GARBAGE)
+def test_policy_garbage_is_denied_without_raising(ip: str) -> None:
+    assert DEFAULT.is_allowed(ip) is False
+    assert PeerPolicy(allowed=(ip_network("0.0.0.0/0"), ip_network("::/0"))).is_allowed(ip) is False
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, 3.5, 134744072, b"\x08\x08\x08\x08", object()],
+    ids=["none", "float", "int-public", "packed-public", "object"],
+)
+def test_policy_non_string_is_denied_without_raising(value: object) -> None:
+    assert DEFAULT.is_allowed(value) is False  # type: ignore[arg-type]
+
+
+def test_policy_accepts_address_objects() -> None:
+    assert DEFAULT.is_allowed(IPv4Address("8.8.8.8")) is True
+    assert DEFAULT.is_allowed(IPv6Address("::ffff:127.0.0.1")) is False
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        pytest.param("127.0.0.1", id="v4"),
+        pytest.param("127.9.9.9", id="v4-other"),
+        pytest.param("::ffff:127.0.0.1", id="v4-mapped"),
+        pytest.param("::127.0.0.1", id="v4-compatible"),
+        pytest.param("64:ff9b::7f00:1", id="nat64"),
+        pytest.param("::1", id="v6-loopback"),
+    ],
+)
+def test_policy_allow_list_overrides_builtin_deny(ip: str) -> None:
+    policy = PeerPolicy(allowed=(ip_network("127.0.0.0/8"), ip_network("::1/128")))
+    assert policy.is_allowed(ip) is True
+
+
+def test_policy_allow_list_keeps_other_denies() -> None:
+    policy = PeerPolicy(allowed=(ip_network("127.0.0.0/8"),))
+    assert policy.is_allowed("::1") is False
+    assert policy.is_allowed("169.254.169.254") is False
+    assert policy.is_allowed("::ffff:0.0.0.0") is False
+
+
+def test_policy_allow_list_in_v6_form_matches_mapped_address() -> None:
+    policy = PeerPolicy(allowed=(ip_network("::ffff:127.0.0.0/104"),))
+    assert policy.is_allowed("::ffff:127.0.0.1") is True
+    assert policy.is_allowed("127.0.0.1") is False
+
+
+def test_policy_allow_inside_denied_range() -> None:
+    policy = PeerPolicy(denied=(ip_network("10.0.0.0/8"),), allowed=(ip_network("10.1.2.0/24"),))
+    assert policy.is_allowed("10.1.2.3") is True
+    assert policy.is_allowed("::ffff:10.1.2.3") is True
+    assert policy.is_allowed("10.1.3.1") is False
+
+
+def test_policy_explicit_allow_of_6to4_range() -> None:
+    policy = PeerPolicy(allowed=(ip_network("2002::/16"),))
+    assert policy.is_allowed("2002:808:808::1") is True
+    assert policy.is_allowed("2001:0:4136:e378::1") is False
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        pytest.param("10.1.2.3", id="v4"),
+        pytest.param("::ffff:10.1.2.3", id="v4-mapped"),
+        pytest.param("::ffff:0:10.1.2.3", id="v4-translated"),
+        pytest.param("::10.1.2.3", id="v4-compatible"),
+        pytest.param("64:ff9b::a01:203", id="nat64"),
+        pytest.param("64:ff9b:1::a01:203", id="nat64-local-use"),
+    ],
+)
+def test_policy_deny_list_blocks_every_spelling(ip: str) -> None:
+    policy = PeerPolicy(denied=(ip_network("10.0.0.0/8"),))
+    assert policy.is_allowed(ip) is False
+    assert policy.is_allowed("11.0.0.1") is True
+
+
+def test_policy_deny_ula_blocks_aws_v6_metadata() -> None:
+    policy = PeerPolicy(denied=(ip_network("fc00::/7"),))
+    assert policy.is_allowed("fd00:ec2::254") is False
+    assert policy.is_allowed("2606:4700::1111") is True
+
+
+def test_policy_server_addresses_denied() -> None:
+    policy = PeerPolicy().with_server_addresses(["203.0.113.5", "2001:DB8::5"])
+    assert policy.server_addresses == frozenset({"203.0.113.5", "2001:db8::5"})
+    assert policy.is_allowed("203.0.113.5") is False
+    assert policy.is_allowed("::ffff:203.0.113.5") is False
+    assert policy.is_allowed("2001:db8:0::5") is False
+    assert policy.is_allowed("203.0.113.6") is True
+    assert policy.is_allowed("2001:db8::6") is True
+
+
+def test_policy_server_address_in_mapped_form_is_normalised() -> None:
+    policy = PeerPolicy(server_addresses=frozenset({"::ffff:198.51.100.7"}))
+    assert policy.server_addresses == frozenset({"198.51.100.7"})
+    assert policy.is_allowed("198.51.100.7") is False
+
+
+def test_policy_with_server_addresses_adds_and_keeps_lists() -> None:
+    base = PeerPolicy(denied=(ip_network("10.0.0.0/8"),), server_addresses=frozenset({"198.51.100.1"}))
+    policy = base.with_server_addresses(["198.51.100.2"])
+    assert policy.server_addresses == frozenset({"198.51.100.1", "198.51.100.2"})
+    assert policy.denied == base.denied
+    assert base.server_addresses == frozenset({"198.51.100.1"})
+    assert policy.is_allowed("10.0.0.1") is False
+
+
+def test_policy_allow_list_overrides_server_address() -> None:
+    # A test rig's server listens on 127.0.0.1 and its peers live there too (permissions are per IP).
+    policy = PeerPolicy(allowed=(ip_network("127.0.0.0/8"),)).with_server_addresses(["127.0.0.1"])
+    assert policy.is_allowed("127.0.0.1") is True
+
+
+def test_policy_with_server_addresses_rejects_garbage() -> None:
+    with pytest.raises(ConfigError):
+        PeerPolicy().with_server_addresses(["not-an-ip"])
+
+
+def test_policy_is_frozen_and_comparable() -> None:
+    policy = PeerPolicy(denied=(ip_network("10.0.0.0/8"),))
+    with pytest.raises(AttributeError):
+        policy.denied = ()  # type: ignore[misc]
+    assert policy == PeerPolicy(denied=(ip_network("10.0.0.0/8"),))
+    assert hash(policy) == hash(PeerPolicy(denied=(ip_network("10.0.0.0/8"),)))
+
+
+def test_builtin_denied_includes_6to4_and_teredo() -> None:
+    assert ip_network("2002::/16") in BUILTIN_DENIED
+    assert ip_network("2001::/32") in BUILTIN_DENIED
+    assert ip_network("10.0.0.0/8") not in BUILTIN_DENIED
+
+
+@pytest.mark.parametrize(
+    ("ip", "inner"),
+    [
+        pytest.param("::ffff:1.2.3.4", "1.2.3.4", id="mapped"),
+        pytest.param("::ffff:0:1.2.3.4", "1.2.3.4", id="translated"),
+        pytest.param("::1.2.3.4", "1.2.3.4", id="compatible"),
+        pytest.param("64:ff9b::1.2.3.4", "1.2.3.4", id="nat64"),
+        pytest.param("64:ff9b:1:abcd::1.2.3.4", "1.2.3.4", id="nat64-local-use"),
+        pytest.param("2002:102:304::1", "1.2.3.4", id="6to4"),
+        pytest.param("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45", id="teredo-client"),
+        pytest.param("::", None, id="unspecified"),
+        pytest.param("::1", None, id="loopback"),
+        pytest.param("2606:4700::1111", None, id="native"),
+        pytest.param("64:ff9b:2::1.2.3.4", None, id="not-nat64"),
+    ],
+)
+def test_embedded_ipv4(ip: str, inner: str | None) -> None:
+    address = ip_address(ip)
+    assert isinstance(address, IPv6Address)
+    assert embedded_ipv4(address) == (ip_address(inner) if inner else None)
