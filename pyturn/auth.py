@@ -49,7 +49,7 @@ class NonceSigner:
         with 438 and a new nonce (RFC 8489 §9.2.4), so a client recovers after a server restart.
         """
         try:
-            raw = base64.urlsafe_b64decode(nonce.encode("ascii", "strict"))
+            raw = base64.b64decode(nonce.encode("ascii", "strict"), altchars=b"-_", validate=True)
         except (ValueError, UnicodeEncodeError):
             return False
         if len(raw) != _TIMESTAMP.size + _MAC_BYTES:

@@ -103,6 +103,8 @@ class Config:
     max_tcp_connections: int = 0  # 0 = derived from the fd limit
     max_tcp_connections_per_source: int = 0  # 0 = unlimited
     tcp_auth_timeout: int = 30  # seconds a TCP/TLS connection may stay unauthenticated
+    max_permissions_per_allocation: int = 64  # 508 beyond (anchors.md §5.5 case 36)
+    max_channels_per_allocation: int = 64  # 508 beyond
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (no validation: code that builds Configs owns its values)."""
@@ -264,6 +266,10 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
           "TCP/TLS client connections per source IP; 0 = unlimited"),
     _spec("TcpAuthTimeout", "tcp_auth_timeout", Kind.COUNT,
           "seconds a TCP/TLS connection may stay without an authenticated request", minimum=1),
+    _spec("MaxPermissionsPerAllocation", "max_permissions_per_allocation", Kind.COUNT,
+          "permissions (peer IPs) one allocation may hold (508 beyond); 0 = unlimited"),
+    _spec("MaxChannelsPerAllocation", "max_channels_per_allocation", Kind.COUNT,
+          "channel bindings one allocation may hold (508 beyond); 0 = unlimited"),
 ]))
 
 

@@ -39,6 +39,7 @@ from pyturn.config import Config
 from pyturn.errors import StunDecodeError, TurnError
 from pyturn.policy import PeerPolicy
 from pyturn.ports import PortPool
+from pyturn.ratelimit import SourceLimiter
 from pyturn.stun import (
     Address,
     Attr,
@@ -60,6 +61,7 @@ FAMILY_IPV6 = 2
 CHANGE_IP = 0x04  # RFC 5780 §7.2 CHANGE-REQUEST flags
 CHANGE_PORT = 0x02
 OPEN_RELAY_ATTEMPTS = 16  # binds tried on other ports when another process holds the chosen one
+AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
 
 
 # ----------------------------------------------------------------------------------------------- actions
@@ -188,6 +190,11 @@ def _family_of(host: str) -> int:
     return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
 
 
+def _is_loopback(host: str) -> bool:
+    # Loopback sources cannot be spoofed from outside the host, so they cannot be reflection victims.
+    return host.startswith("127.") or host == "::1"
+
+
 def _software_value(config: Config) -> str | None:
     name = config.software_name
     if not name:
@@ -235,6 +242,8 @@ class TurnServerCore:
         self._data_tid_prefix = randbytes(4)
         self._data_tid_counter = 0
         self._now = 0.0  # the time of the call being handled, for deadlines set deep inside handlers
+        rate = config.unauthenticated_rate_limit
+        self._limiter = SourceLimiter(rate) if rate > 0 else None
 
     # ------------------------------------------------------------------------------------------ set-up
     def set_user_lookup(self, users: UserLookup) -> None:
@@ -409,10 +418,16 @@ class TurnServerCore:
                 if allocation.channels.get(binding.channel) is binding and binding.expires <= now:
                     del allocation.channels[binding.channel]
                     del allocation.peer_channels[binding.peer]
+                    # _sync_routes only visits live channels: drop this one's fast-path entry here.
+                    five_tuple = allocation.five_tuple
+                    table = self.routes(five_tuple.transport, five_tuple.server)
+                    table.pop((five_tuple.client, binding.channel), None)
                     self._sync_routes(allocation, now)
         expiry = self._response_expiry
         while expiry and expiry[0][0] <= now:
             self._responses.pop(expiry.popleft()[1], None)
+        if self._limiter is not None:
+            self._limiter.prune(now)
         return actions
 
     def close_all(self) -> list[Action]:
@@ -429,29 +444,24 @@ class TurnServerCore:
             return self._handle_binding(request, five_tuple)
         if method == Method.SHARED_SECRET:
             # RFC 3489 §9.2: only over TLS; reTurn's TLS credentials are usable nowhere, so pyturn refuses both.
-            return [self._reply(request, self._error(request, TurnError(433, "TLS Required")), five_tuple, None)]
+            return self._refuse(request, five_tuple, TurnError(433, "TLS Required"))
         handler = self._handlers.get(method)
         if handler is None:
-            return [self._reply(request, self._error(request, TurnError(400, "Bad Request")), five_tuple, None)]
+            return self._refuse(request, five_tuple, TurnError(400, "Bad Request"))
         allocation = self._allocations.get(five_tuple)
         if allocation is None and method != Method.ALLOCATE:
             # RFC 8656 §7.3, §9.2, §11.2: no allocation on this 5-tuple -> 437. Answered before credentials are
             # looked at: nothing is protected here, and the short answer keeps amplification low.
-            return [self._reply(request, self._error(request, TurnError(437, "Allocation Mismatch")), five_tuple, None)]
+            return self._refuse(request, five_tuple, TurnError(437, "Allocation Mismatch"))
         try:
             credentials = authenticate(
                 request, realm=self.config.authentication_realm, nonces=self._nonces, lookup=self._users, now=now
             )
-        except Challenge as challenge:
-            response = self._error(request, challenge)
-            response.add(Attr.REALM, self.config.authentication_realm)
-            response.add(Attr.NONCE, self._nonces.issue(now))
-            actions: list[Action] = [self._reply(request, response, five_tuple, None)]
-            if request.integrity_offset is not None:
-                actions.append(AuthFailed(five_tuple, challenge.code, request.get(Attr.USERNAME)))
-            return actions
         except TurnError as error:
-            return [self._reply(request, self._error(request, error), five_tuple, None)]
+            actions = self._refuse(request, five_tuple, error)
+            if request.integrity_offset is not None:
+                actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME)))
+            return actions
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
             response = self._error(request, TurnError(420, "Unknown Attribute"))
@@ -464,6 +474,23 @@ class TurnServerCore:
             if method == Method.ALLOCATE:
                 response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
             return [self._reply(request, response, five_tuple, credentials.key)]
+
+    def _refuse(self, request: Message, five_tuple: FiveTuple, error: TurnError) -> list[Action]:
+        """An error answer before authentication, limited per source IP on UDP (anchors.md §5.4 case 31)."""
+        limiter = self._limiter
+        if (
+            limiter is not None
+            and five_tuple.transport is Transport.UDP
+            and not _is_loopback(five_tuple.client[0])
+            and not limiter.allow(five_tuple.client[0], self._now)
+        ):
+            return []
+        response = self._error(request, error)
+        if isinstance(error, Challenge):
+            # RFC 8489 §9.2.4: 401 and 438 carry the REALM and a fresh NONCE.
+            response.add(Attr.REALM, self.config.authentication_realm)
+            response.add(Attr.NONCE, self._nonces.issue(self._now))
+        return [self._reply(request, response, five_tuple, None)]
 
     def _handle_binding(self, request: Message, five_tuple: FiveTuple) -> list[Action]:
         """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (reTurn.md §6.3)."""
@@ -514,8 +541,13 @@ class TurnServerCore:
         """RFC 8656 §7.2 (and RFC 6156 §4.2 for the address family)."""
         config = self.config
         # §7.2 step 2: a 5-tuple already allocated -> 437 (a retransmission was answered from the cache).
-        if allocation is not None or any(p.five_tuple == five_tuple for p in self._pending.values()):
+        if allocation is not None:
             raise TurnError(437, "Allocation Mismatch")
+        for waiting in self._pending.values():
+            if waiting.five_tuple == five_tuple:
+                if waiting.request.transaction_id == request.transaction_id:
+                    return []  # retransmitted while the relay is being opened: the answer is on its way
+                raise TurnError(437, "Allocation Mismatch")
         # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP.
         transport = request.get(Attr.REQUESTED_TRANSPORT)
         if transport is None:
@@ -603,6 +635,9 @@ class TurnServerCore:
             raise TurnError(400, "Bad Request")
         for peer in peers:
             self._check_peer(allocation, peer)
+        cap = self.config.max_permissions_per_allocation
+        if cap and len(allocation.permissions.keys() | {peer[0] for peer in peers}) > cap:
+            raise TurnError(508, "Insufficient Capacity")  # anchors.md §5.5 case 36
         actions: list[Action] = []
         for peer in peers:
             if self._install_permission(allocation, peer[0], now):
@@ -634,6 +669,17 @@ class TurnServerCore:
         other = allocation.peer_channels.get(peer)
         if other is not None and other.channel != channel:
             raise TurnError(400, "Bad Request")  # peer bound to another channel
+        config = self.config
+        if bound is None and config.max_channels_per_allocation and (
+            len(allocation.channels) >= config.max_channels_per_allocation
+        ):
+            raise TurnError(508, "Insufficient Capacity")
+        if (
+            config.max_permissions_per_allocation
+            and peer[0] not in allocation.permissions
+            and len(allocation.permissions) >= config.max_permissions_per_allocation
+        ):
+            raise TurnError(508, "Insufficient Capacity")
         actions: list[Action] = []
         if bound is None:
             bound = ChannelBinding(channel, peer, now + CHANNEL_LIFETIME)
@@ -787,10 +833,16 @@ class TurnServerCore:
         return response
 
     def _encode(self, request: Message, response: Message, key: bytes | None) -> bytes:
-        if self._software is not None:
-            response.add(Attr.SOFTWARE, self._software)
+        software = self._software
+        if software is not None:
+            response.add(Attr.SOFTWARE, software)
         # RFC 8489 §14.7 / reTurn: FINGERPRINT is mirrored when the request carried one.
-        return encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+        data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+        if key is None and software is not None and len(data) > AMPLIFICATION_LIMIT * len(request.raw):
+            # An unauthenticated answer may not amplify more than 3x: SOFTWARE is the first thing left out.
+            response.attributes.pop()
+            data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+        return data
 
     def _reply(self, request: Message, response: Message, five_tuple: FiveTuple, key: bytes | None) -> SendToClient:
         """Encode a response; authenticated ones carry MESSAGE-INTEGRITY and are kept for retransmissions."""
