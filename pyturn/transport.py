@@ -30,12 +30,16 @@ from pyturn.core import (
     TurnServerCore,
 )
 from pyturn.errors import StunDecodeError
+from pyturn.ratelimit import TokenBucket
 from pyturn.stun import Address, StreamFramer
 
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 64
 MAX_DATAGRAM = 65535
+# The largest TCP/TLS frame accepted: ChannelData carrying the largest IPv4 UDP payload (65507), padded. Anything
+# bigger could never be relayed, so the stream is taken to be garbage and closed.
+MAX_STREAM_FRAME = 4 + 65508
 SOCKET_BUFFER = 1 << 20
 _CHANNEL_HEADER = struct.Struct("!HH")
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
@@ -93,7 +97,8 @@ def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR: on Linux it lets two UDP sockets that both set it share a port, so a second server
+        # (or another process's relay) would bind "successfully" and steal datagrams; UDP has no TIME_WAIT.
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _set_buffers(sock)
@@ -247,8 +252,20 @@ class RelayEndpoint:
     """One allocation's relay socket. Its identity is the handle the core keys the allocation by."""
 
     __slots__ = (
-        "allocation", "bytes_to_client", "bytes_to_peer", "client", "closed", "fd", "pad", "runtime",
-        "sock", "stream_key", "udp_sock", "v6",
+        "allocation",
+        "bytes_to_client",
+        "bytes_to_peer",
+        "client",
+        "client_limit",
+        "closed",
+        "fd",
+        "pad",
+        "peer_limit",
+        "runtime",
+        "sock",
+        "stream_key",
+        "udp_sock",
+        "v6",
     )
 
     def __init__(self, runtime: Runtime, sock: socket.socket, five_tuple: FiveTuple) -> None:
@@ -265,9 +282,18 @@ class RelayEndpoint:
         self.udp_sock = listener.sock if listener is not None else None
         self.stream_key = five_tuple
         self.pad = five_tuple.transport is not Transport.UDP and runtime.core.config.tcp_channel_data_padding
+        # MaxBandwidthPerAllocation: one token bucket per direction holding one second's worth; excess is
+        # dropped, never queued (anchors.md §5.5 case 38).
+        rate = runtime.core.config.max_bandwidth_per_allocation
+        now = runtime.loop.time()
+        self.peer_limit = TokenBucket(rate, rate, now) if rate else None
+        self.client_limit = TokenBucket(rate, rate, now) if rate else None
         runtime.loop.add_reader(self.fd, self._readable)
 
     def send(self, data: bytes, peer: Address) -> None:
+        limit = self.peer_limit
+        if limit is not None and not limit.allow(len(data), self.runtime.loop.time()):
+            return
         try:
             self.sock.sendto(data, peer)
         except OSError:
@@ -293,6 +319,9 @@ class RelayEndpoint:
                 peer = (peer[0], peer[1])
             channel = channels.get(peer)
             if channel is not None:
+                limit = self.client_limit
+                if limit is not None and not limit.allow(len(data), self.runtime.loop.time()):
+                    continue
                 self.bytes_to_client += len(data)
                 header = _CHANNEL_HEADER.pack(channel, len(data))
                 if self.udp_sock is not None:
@@ -307,7 +336,8 @@ class RelayEndpoint:
                 continue
             runtime = self.runtime
             actions = runtime.core.handle_peer(self, data, peer, runtime.now())
-            if actions:
+            limit = self.client_limit
+            if actions and (limit is None or limit.allow(len(data), runtime.now())):
                 self.bytes_to_client += len(data)
                 runtime.dispatch(actions)
 
@@ -336,7 +366,9 @@ class StreamConnection(asyncio.Protocol):
     def __init__(self, runtime: Runtime, transport_kind: Transport, auth_timeout: float) -> None:
         self.runtime = runtime
         self.kind = transport_kind
-        self.framer = StreamFramer(channel_padding=runtime.core.config.tcp_channel_data_padding)
+        self.framer = StreamFramer(
+            channel_padding=runtime.core.config.tcp_channel_data_padding, max_frame=MAX_STREAM_FRAME
+        )
         self.transport: asyncio.Transport | None = None
         self.five_tuple: FiveTuple | None = None
         self.routes: dict[tuple[Address, int], tuple[Any, Address]] = {}
@@ -421,6 +453,7 @@ async def start_stream_listener(
     ssl_context: ssl.SSLContext | None = None,
     auth_timeout: float = 0.0,
     reuse_port: bool = False,
+    ssl_handshake_timeout: float | None = None,
 ) -> asyncio.Server:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -437,5 +470,6 @@ async def start_stream_listener(
         sock.close()
         raise
     return await runtime.loop.create_server(
-        make_stream_factory(runtime, kind, auth_timeout), sock=sock, ssl=ssl_context
+        make_stream_factory(runtime, kind, auth_timeout), sock=sock, ssl=ssl_context,
+        ssl_handshake_timeout=ssl_handshake_timeout if ssl_context is not None else None,
     )
