@@ -1,7 +1,8 @@
 """`pyturn -c FILE` / `pyturn FILE [--Key=Value ...]`: reTurnServer's command line, signals and exit codes.
 
 Exit codes (documented in README): 0 clean stop; 64 usage error; 78 configuration error; 71 start-up failure
-(a port in use, an address not available, unusable TLS files, a failed privilege drop).
+(a port in use, an address not available, unusable TLS files, a failed privilege drop); 75 already running
+(PidFile names a live pyturn). Process plumbing (PID file, daemonizing, RunAsUser, sd_notify) is in pyturn.service.
 """
 
 from __future__ import annotations
@@ -16,14 +17,27 @@ from collections.abc import Sequence
 from pyturn import __version__
 from pyturn.config import Config, ConfigWarning, load_config
 from pyturn.errors import ConfigError, PyturnError, UserDBError
-from pyturn.logsetup import configure_logging
+from pyturn.logsetup import NOTICE, configure_logging, log_file_descriptors, reopen_log_files
+from pyturn.service import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_STARTUP,
+    EXIT_USAGE,
+    PidFile,
+    ServiceError,
+    StartupReport,
+    absolute_paths,
+    daemonize,
+    drop_privileges,
+    notify_ready,
+    notify_reloading,
+    notify_stopping,
+)
 
 log = logging.getLogger("pyturn")
 
-EXIT_OK = 0
-EXIT_USAGE = 64
-EXIT_STARTUP = 71
-EXIT_CONFIG = 78
+__all__ = ["EXIT_ALREADY_RUNNING", "EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EXIT_USAGE", "main", "run"]
 DEFAULT_CONFIG = "reTurnServer.config"  # reTurn opens this in the current directory when no file is given
 
 USAGE = f"""usage: pyturn [-c] [CONFIG] [--Key=Value ...] [--check-config] [--version] [-h]
@@ -38,7 +52,8 @@ pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configu
   --version          print the version and exit
   -h, --help         this text
 
-exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up failure
+exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up failure,
+            75 already running (PidFile)
 """
 
 
@@ -99,12 +114,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(f"{key} = {value}\n")
         return EXIT_OK
     try:
+        pid_file = PidFile.acquire(config.pid_file) if config.pid_file else None
+    except ServiceError as error:
+        sys.stderr.write(f"pyturn: {error}\n")
+        return error.exit_code
+    try:
+        return _start(config, warnings, pid_file)
+    finally:
+        if pid_file is not None:
+            pid_file.release()
+
+
+def _start(config: Config, warnings: list[ConfigWarning], pid_file: PidFile | None) -> int:
+    """reTurn's order (reTurn.md §7): daemonize, PID file, logging, then serve."""
+    report = None
+    if config.daemonize:
+        config = absolute_paths(config)
+        report = daemonize()
+    try:
+        if pid_file is not None:
+            pid_file.write()
         configure_logging(config)
+    except ServiceError as error:
+        return _failed(report, error.exit_code, str(error))
     except (OSError, ConfigError) as error:
-        sys.stderr.write(f"pyturn: cannot set up logging: {error}\n")
-        return EXIT_CONFIG
+        return _failed(report, EXIT_CONFIG, f"cannot set up logging: {error}")
     _log_warnings(warnings)
-    return run(config)
+    if config.daemonize and os.environ.get("NOTIFY_SOCKET"):
+        log.warning("Daemonize = true under a systemd Type=notify unit: pass --Daemonize=false")
+    try:
+        return run(config, pid_file=pid_file, report=report)
+    finally:
+        if report is not None:
+            report.send(EXIT_STARTUP, "start-up ended without a result")
+
+
+def _failed(report: StartupReport | None, code: int, message: str) -> int:
+    """A start-up failure: told on stderr (and to the waiting parent when daemonized)."""
+    sys.stderr.write(f"pyturn: {message}\n")
+    if report is not None:
+        report.send(code, message)
+    return code
 
 
 def _log_warnings(warnings: list[ConfigWarning]) -> None:
@@ -120,51 +170,72 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run(config: Config) -> int:
-    """Run the server in the foreground until SIGINT/SIGTERM; SIGHUP reloads the users."""
+def run(config: Config, *, pid_file: PidFile | None = None, report: StartupReport | None = None) -> int:
+    """Serve until SIGINT/SIGTERM/SIGQUIT; SIGHUP reopens the log file and reloads the users."""
     _event_loop_policy()
     try:
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, pid_file, report))
     except KeyboardInterrupt:
         return EXIT_OK
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, pid_file: PidFile | None, report: StartupReport | None) -> int:
     from pyturn.server import Server, StartupError
 
+    def fail(code: int, message: str) -> int:
+        log.error("%s", message)
+        if report is not None:
+            report.send(code, message)
+        return code
+
     loop = asyncio.get_running_loop()
-    try:
-        server = Server(config)
-    except (UserDBError, PyturnError) as error:
-        log.error("cannot load users: %s", error)
-        return EXIT_CONFIG
-    try:
-        await server.start()
-    except (StartupError, OSError, PyturnError) as error:
-        log.error("start-up failed: %s", error)
-        return EXIT_STARTUP
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        server = Server(config)
+    except (UserDBError, PyturnError) as error:
+        return fail(EXIT_CONFIG, f"cannot load users: {error}")
+    try:
+        await server.start()
+    except (StartupError, OSError, PyturnError) as error:
+        return fail(EXIT_STARTUP, f"start-up failed: {error}")
+    try:
+        # reTurn.md §7 step 6: after every listener is bound, hand the open files over, then switch user.
+        owned_files = [*log_file_descriptors(), *([pid_file.fd] if pid_file is not None else [])]
+        identity = drop_privileges(config.run_as_user, config.run_as_group, chown_fds=owned_files)
+    except ServiceError as error:
+        await server.close()
+        return fail(error.exit_code, str(error))
+    if identity is not None:
+        log.info("running as user %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid)
     loop.add_signal_handler(signal.SIGHUP, _on_hangup, server)
-    log.info("pyturn %s serving %s", __version__, ", ".join(
+    serving = ", ".join(
         f"{kind} {host}:{port}" for kind, addresses in server.addresses.items() for host, port in addresses
-    ))
+    )
+    log.log(NOTICE, "pyturn %s serving %s", __version__, serving)
+    notify_ready(f"serving {serving}")
+    if report is not None:
+        report.send(EXIT_OK)
     try:
         await stop.wait()
     finally:
+        notify_stopping()
         log.info("stopping")
         await server.close()
     return EXIT_OK
 
 
 def _on_hangup(server: object) -> None:
-    from pyturn.logsetup import reopen_log_files
     from pyturn.server import Server
 
     assert isinstance(server, Server)
+    notify_reloading()
+    log.info("SIGHUP: reopening log files and reloading users")
     reopen_log_files()
     server.reload_users()
+    notify_ready()
+    server.reload_tls()
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
     _spec("TlsPrivateKeyPassword", "tls_private_key_password", Kind.STRING,
           "passphrase of an encrypted private key", secret=True),
     _spec("Daemonize", "daemonize", Kind.BOOL, "fork into the background"),
-    _spec("PidFile", "pid_file", Kind.PLAIN_PATH, "PID file written when daemonizing; never resolved"),
+    _spec("PidFile", "pid_file", Kind.PLAIN_PATH, "PID file, written whenever set and removed on exit; never resolved"),
     _spec("RunAsUser", "run_as_user", Kind.STRING, "user to switch to after binding the sockets"),
     _spec("RunAsGroup", "run_as_group", Kind.STRING, "group for the switch; empty = the user's group"),
     _spec("LoggingType", "logging_type", Kind.LOGGING_TYPE, "cout, cerr, file or syslog",

@@ -499,6 +499,12 @@ class TurnServerCore:
             response = self._error(request, TurnError(420, "Unknown Attribute"))
             response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(request.unknown_required))
             return [self._reply(request, response, five_tuple, None)]
+        if self._alternate is None and not request.classic and request.has(Attr.CHANGE_REQUEST):
+            # RFC 5780 §6.1: without an alternate address CHANGE-REQUEST cannot be honoured -> 420. Classic RFC 3489
+            # clients get their answer with the flag ignored, as reTurn does.
+            response = self._error(request, TurnError(420, "Unknown Attribute"))
+            response.add(Attr.UNKNOWN_ATTRIBUTES, (Attr.CHANGE_REQUEST,))
+            return [self._reply(request, response, five_tuple, None)]
         response = self._success(request)
         # RFC 3489 clients (no magic cookie) only understand MAPPED-ADDRESS.
         response.add(Attr.MAPPED_ADDRESS if request.classic else Attr.XOR_MAPPED_ADDRESS, client)
@@ -562,7 +568,9 @@ class TurnServerCore:
             raise TurnError(400, "Bad Request")
         if family_requested is not None and family_requested not in (FAMILY_IPV4, FAMILY_IPV6):
             raise TurnError(440, "Address Family not Supported")
-        family = family_requested or _family_of(five_tuple.server[0])
+        # RFC 8656 §7.2 / RFC 6156 §4.2: without REQUESTED-ADDRESS-FAMILY the relay is IPv4, whichever listener
+        # the client reached (reTurn gives an IPv6 relay on its IPv6 listener).
+        family = family_requested or FAMILY_IPV4
         # §7.2 step 6 (RFC 8656 §7.2 "486 Allocation Quota Reached").
         user = (credentials.username, credentials.realm)
         if config.max_allocations_per_user and self._per_user.get(user, 0) >= config.max_allocations_per_user:

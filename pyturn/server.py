@@ -7,28 +7,35 @@ close() are idempotent. The CLI (pyturn.cli) wraps this with signals, PID file a
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from pyturn.allocation import Transport
 from pyturn.auth import UserLookup
 from pyturn.config import Config
 from pyturn.core import Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
+from pyturn.hooks import AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.stun import Address
+from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.transport import Runtime, UdpListener, bind_udp, start_stream_listener
 from pyturn.userdb import UserDB, load_user_file
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 1.0
+EPHEMERAL_PORT_ATTEMPTS = 20  # TurnPort 0: ports tried until one is free for both UDP and TCP
+STREAM_CLOSE_GRACE = 0.5  # seconds close() lets TCP/TLS connections shut down cleanly before aborting them
 Users = Mapping[str, str] | UserDB | UserLookup
+TRANSPORTS = ("udp", "tcp", "tls")
+EventType = TypeVar("EventType")
 
 
 class StartupError(PyturnError):
@@ -40,6 +47,50 @@ class ReloadResult:
     loaded: bool
     users: int
     problems: list[str] = field(default_factory=list)
+
+
+def loopback_config(**overrides: Any) -> Config:
+    """A Config for embedding: 127.0.0.1 only, ephemeral ports, loopback peers allowed, no file watching.
+
+    This is what ``Server()`` uses when given no config. Loopback peers are normally refused (an open relay into
+    the host); a test rig relays between clients on the same machine, so 127.0.0.0/8 and ::1 are allowed. The
+    401 rate limit is off because every test client comes from 127.0.0.1. Any Config field can be overridden.
+    """
+    values: dict[str, Any] = {
+        "turn_address": "127.0.0.1",
+        "turn_v6_address": "",
+        "turn_port": 0,
+        "tls_turn_port": 0,
+        "allowed_peer_addresses": (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        "allocation_port_range_min": 49152,
+        "allocation_port_range_max": 65535,
+        "user_database_check_interval": 0,
+        "unauthenticated_rate_limit": 0,
+    }
+    values.update(overrides)
+    return Config(**values)
+
+
+def _uri_host(host: str) -> str:
+    """RFC 7065 §3.1 host: IPv6 literals in brackets; a wildcard bind is reached through loopback."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+async def _release_streams(runtime: Runtime) -> None:
+    """Wait briefly for closing TCP/TLS connections (a TLS close_notify needs the client's answer), then abort
+    the rest, so that close() returns with every socket released."""
+    deadline = runtime.loop.time() + STREAM_CLOSE_GRACE
+    while runtime.streams and runtime.loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    for stream in list(runtime.streams.values()):
+        if stream.transport is not None:
+            stream.transport.abort()
+    if runtime.streams:
+        await asyncio.sleep(0)  # abort() runs connection_lost, which releases the socket, on the next iteration
 
 
 def _has_ipv6() -> bool:
@@ -56,10 +107,15 @@ def _has_ipv6() -> bool:
 class Server:
     """A running pyturn server.
 
-    ``config`` is a Config (built in code or by load_config). ``users`` is optional: a mapping
-    {username: password} (in the config's realm), a UserDB, or a lookup callable (username, realm) -> HA1
-    key or None. Without it the config's UserDatabaseFile is read. ``on_event`` receives the core's events
-    (allocation created/refreshed/deleted, permission, channel, auth failure).
+    ``config`` is a Config (built in code or by load_config) and is used exactly as given; without one the
+    server uses ``loopback_config()`` (127.0.0.1, ephemeral ports, loopback peers allowed). ``users`` is
+    optional: a mapping {username: password} (in the config's realm), a UserDB, or a lookup callable
+    (username, realm) -> HA1 key or None. Without it the config's UserDatabaseFile is read.
+
+    ``hooks`` (pyturn.hooks.Hooks) and ``on_event`` receive the core's events (allocation created/refreshed/
+    deleted, permission, channel, auth failure) on the server's loop; ``events``, ``ended_allocations`` and
+    ``relayed_bytes()`` keep them for later assertions. ``transports`` limits the listeners to some of "udp",
+    "tcp", "tls" (TLS also needs TlsTurnPort or ``ssl_context``).
     """
 
     def __init__(
@@ -68,14 +124,25 @@ class Server:
         *,
         users: Users | None = None,
         on_event: Callable[[Event], None] | None = None,
+        hooks: Hooks | None = None,
+        transports: Collection[str] = TRANSPORTS,
         secret: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
     ) -> None:
-        self.config = config if config is not None else Config()
+        self.config = config if config is not None else loopback_config()
         self._on_event = on_event
+        unknown = set(transports) - set(TRANSPORTS)
+        if unknown:
+            raise PyturnError(f"unknown transports {sorted(unknown)}: choose among {TRANSPORTS}")
+        self._transports = frozenset(transports)
+        self._event_log = EventLog(hooks)
+        if on_event is not None:
+            self._event_log.listeners.append(on_event)
+        self._passwords: dict[str, str] = {}
         self._secret = secret
         self._ssl_context = ssl_context
+        self._tls: ReloadableContext | None = None
         self._reuse_port = reuse_port
         self._users_from_file = users is None
         self._user_db: UserDB | None = None
@@ -92,6 +159,7 @@ class Server:
 
     # ----------------------------------------------------------------------------------------- users
     def _initial_lookup(self, users: Users | None) -> UserLookup:
+        self._passwords = {}  # only users given as a mapping have passwords ice_servers() can hand out
         if users is None:
             if not self.config.user_database_file:
                 raise PyturnError("no users: pass users=... or set UserDatabaseFile")
@@ -105,6 +173,7 @@ class Server:
             return users.lookup
         if isinstance(users, Mapping):
             self._user_db = UserDB.from_passwords(users, self.config.authentication_realm)
+            self._passwords = dict(users)
             return self._user_db.lookup
         return users
 
@@ -146,6 +215,18 @@ class Server:
             self.core.set_user_lookup(self._lookup)
         return result
 
+    def reload_tls(self, ssl_context: ssl.SSLContext | None = None) -> bool:
+        """New TLS connections use `ssl_context`, or the certificate and key re-read from the config's files
+        (SIGHUP). Established connections keep theirs. A failed reload logs an error and keeps the old one."""
+        if self._tls is None:
+            return False
+        if ssl_context is not None:
+            return self._tls.swap(ssl_context)
+        if self._ssl_context is not None:
+            log.error("TLS not reloaded: the SSL context was given in code; pass ssl_context= to replace it")
+            return False
+        return self._tls.reload(self.config)
+
     # --------------------------------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Server:
         await self.start()
@@ -162,7 +243,7 @@ class Server:
         self._started = True
         loop = asyncio.get_running_loop()
         self.core = TurnServerCore(self.config, users=self._lookup, secret=self._secret)
-        self._runtime = Runtime(self.core, loop, self._on_event)
+        self._runtime = Runtime(self.core, loop, self._event_log)
         try:
             await self._open_listeners()
         except BaseException:
@@ -181,21 +262,45 @@ class Server:
                 hosts.append(config.turn_v6_address)
             else:
                 log.warning("IPv6 is not available on this host: serving IPv4 only")
-        port = config.turn_port
-        for host in hosts:
-            port = self._open_udp(host, port)
-            await self._open_stream(host, port, Transport.TCP, None)
-        if config.tls_turn_port or self._ssl_context is not None:
+        wanted = self._transports
+        port = await self._open_turn_listeners(hosts, config.turn_port)
+        if "tls" in wanted and (config.tls_turn_port or self._ssl_context is not None):
             context = self._ssl_context
             if context is None:
-                from pyturn.tls import make_server_context
-
                 context = make_server_context(config)
+            self._tls = ReloadableContext(context)
             tls_port = config.tls_turn_port
             for host in hosts:
                 tls_port = await self._open_stream(host, tls_port, Transport.TLS, context)
-        if config.alt_stun_port:
+        if config.alt_stun_port and "udp" in wanted:
             self._open_alternate(port)
+
+    async def _open_turn_listeners(self, hosts: list[str], port: int) -> int:
+        """UDP and TCP on one port for every host; returns the port. With port 0 the kernel picks the UDP port,
+        which another socket may already hold for TCP: then what was opened here is closed and another is tried."""
+        attempt = 1
+        while True:
+            chosen = port
+            try:
+                for host in hosts:
+                    if "udp" in self._transports:
+                        chosen = self._open_udp(host, chosen)
+                    if "tcp" in self._transports:
+                        chosen = await self._open_stream(host, chosen, Transport.TCP, None)
+                return chosen
+            except StartupError:
+                if port or attempt == EPHEMERAL_PORT_ATTEMPTS:
+                    raise
+            attempt += 1
+            for listener in self._udp:
+                listener.close()
+            self._udp.clear()
+            for server in self._streams:
+                server.close()
+                await server.wait_closed()
+            self._streams.clear()
+            self.addresses["udp"].clear()
+            self.addresses["tcp"].clear()
 
     def _open_udp(self, host: str, port: int) -> int:
         assert self._runtime is not None
@@ -214,6 +319,7 @@ class Server:
             server = await start_stream_listener(
                 self._runtime, host, port, kind, ssl_context=context,
                 auth_timeout=float(self.config.tcp_auth_timeout), reuse_port=self._reuse_port,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
         except OSError as error:
             raise StartupError(
@@ -290,10 +396,92 @@ class Server:
             except (TimeoutError, Exception):
                 pass
         self._streams.clear()
+        if self._runtime is not None:
+            await _release_streams(self._runtime)
 
     # ------------------------------------------------------------------------------------------ queries
     def allocation_count(self) -> int:
         return len(self.core.allocations) if self.core is not None else 0
+
+    @property
+    def events(self) -> list[Event]:
+        """The core's latest events (up to pyturn.hooks.EVENTS_KEPT), oldest first."""
+        return list(self._event_log.events)
+
+    @property
+    def ended_allocations(self) -> list[AllocationEnded]:
+        """Every deleted allocation (the latest EVENTS_KEPT) with the bytes it relayed each way."""
+        return list(self._event_log.ended)
+
+    def relayed_bytes(self) -> RelayedBytes:
+        """Payload bytes relayed so far in each direction, by deleted and live allocations together."""
+        return self._event_log.relayed_bytes(self._runtime.relays if self._runtime is not None else ())
+
+    async def wait_for_event(
+        self, kind: type[EventType], *, where: Callable[[EventType], bool] | None = None, timeout: float = 5.0
+    ) -> EventType:
+        """The first recorded event of type ``kind`` (for which ``where`` is true), waiting for it if needed.
+
+        Raises TimeoutError when none arrives within ``timeout`` seconds.
+        """
+
+        def matching(event: object) -> EventType | None:
+            if isinstance(event, kind) and (where is None or where(event)):
+                return event
+            return None
+
+        for event in self._event_log.events:
+            found = matching(event)
+            if found is not None:
+                return found
+        arrived: asyncio.Future[EventType] = asyncio.get_running_loop().create_future()
+
+        def listener(event: Event) -> None:
+            found = matching(event)
+            if found is not None and not arrived.done():
+                arrived.set_result(found)
+
+        self._event_log.listeners.append(listener)
+        try:
+            return await asyncio.wait_for(arrived, timeout)
+        finally:
+            self._event_log.listeners.remove(listener)
+
+    def turn_uris(self, transports: Collection[str] = TRANSPORTS, *, host: str | None = None) -> list[str]:
+        """RFC 7065 URIs of the open listeners, UDP first: ``turn:127.0.0.1:PORT?transport=udp``,
+        ``turn:...?transport=tcp`` and ``turns:...?transport=tcp`` for TLS; IPv6 hosts in brackets.
+
+        ``transports`` picks some of "udp", "tcp", "tls"; ``host`` replaces the bound address in every URI
+        (for instance a name the TLS certificate carries).
+        """
+        uris = []
+        for kind in TRANSPORTS:
+            if kind not in transports:
+                continue
+            scheme, protocol = ("turns", "tcp") if kind == "tls" else ("turn", kind)
+            for bound_host, port in self.addresses[kind]:
+                uris.append(f"{scheme}:{_uri_host(host or bound_host)}:{port}?transport={protocol}")
+        return uris
+
+    def ice_servers(
+        self,
+        username: str,
+        password: str | None = None,
+        *,
+        transports: Collection[str] = TRANSPORTS,
+        host: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """``[{"urls": [...], "username": ..., "credential": ...}]``: the iceServers entry of an
+        RTCConfiguration (``RTCIceServer(**entry)`` in aiortc).
+
+        Without ``password`` it is looked up among the users given as a {username: password} mapping. aiortc
+        uses only the first TURN URL it can, so pass ``transports=("tcp",)`` to make it relay over TCP.
+        """
+        if password is None:
+            password = self._passwords.get(username)
+            if password is None:
+                raise PyturnError(f"no password known for {username!r}: pass password= explicitly")
+        return [{"urls": self.turn_uris(transports, host=host), "username": username, "credential": password}]
 
     def __repr__(self) -> str:
         return f"<pyturn.Server {self.addresses}>"

@@ -41,6 +41,7 @@ MAX_DATAGRAM = 65535
 # bigger could never be relayed, so the stream is taken to be garbage and closed.
 MAX_STREAM_FRAME = 4 + 65508
 SOCKET_BUFFER = 1 << 20
+MAX_STREAM_BACKLOG = 1 << 20  # bytes queued towards one TCP/TLS client before relayed data is dropped
 _CHANNEL_HEADER = struct.Struct("!HH")
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 # Linux values; the socket module only names some of them on some builds.
@@ -417,8 +418,13 @@ class StreamConnection(asyncio.Protocol):
             runtime.dispatch(actions)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        # A client that reads slower than its peers send loses data, as it would over UDP: the write buffer is
+        # bounded instead of growing without limit.
+        if transport is not None and not transport.is_closing() and (
+            transport.get_write_buffer_size() < MAX_STREAM_BACKLOG
+        ):
+            transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None:

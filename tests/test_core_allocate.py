@@ -453,12 +453,13 @@ def test_core_allocate_requested_family_ipv6() -> None:
     assert client.allocation.family == 2
 
 
-def test_core_allocate_family_follows_the_server_address_by_default() -> None:
+def test_core_allocate_family_is_ipv4_by_default_even_on_an_ipv6_listener() -> None:
+    # RFC 8656 §7.2 / RFC 6156 §4.2: no REQUESTED-ADDRESS-FAMILY means an IPv4 relay.
     harness = Harness()
     client = harness.client(client=("2001:db8::10", 4000), server=("2001:db8::1", 3478))
     open_relay = client.allocate().one(OpenRelay)
-    assert open_relay.family == 2
-    assert open_relay.host == "2001:db8::1"
+    assert open_relay.family == 1
+    assert ":" not in open_relay.host
 
 
 @pytest.mark.parametrize(

@@ -115,8 +115,8 @@ def test_security_rate_limiter_memory_is_bounded_under_spoofed_flood() -> None:
     core = _core(unauthenticated_rate_limit=10)
     request = _request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17))
     for n in range(5000):
-        core.handle_client(request, FiveTuple(Transport.UDP, (f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 9), SERVER),
-                           7.0)
+        source = (f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 9)
+        core.handle_client(request, FiveTuple(Transport.UDP, source, SERVER), 7.0)
     core.tick(9.0)
     assert len(core._limiter or ()) == 0
 
