@@ -171,7 +171,14 @@ def _event_loop_policy() -> None:
 
 
 def run(config: Config, *, pid_file: PidFile | None = None, report: StartupReport | None = None) -> int:
-    """Serve until SIGINT/SIGTERM/SIGQUIT; SIGHUP reopens the log file and reloads the users."""
+    """Serve until SIGINT/SIGTERM/SIGQUIT; SIGHUP reopens the log file and reloads the users.
+
+    With Workers other than 1 this process becomes the master of worker processes (pyturn.workers).
+    """
+    from pyturn.workers import run_workers, worker_count
+
+    if worker_count(config) > 1:
+        return run_workers(config, _worker_main, report)
     _event_loop_policy()
     try:
         return asyncio.run(_serve(config, pid_file, report))
@@ -179,7 +186,20 @@ def run(config: Config, *, pid_file: PidFile | None = None, report: StartupRepor
         return EXIT_OK
 
 
-async def _serve(config: Config, pid_file: PidFile | None, report: StartupReport | None) -> int:
+def _worker_main(config: Config, secret: bytes, report: StartupReport) -> int:
+    """One worker process: a whole server on its slice of the relay ports, sharing the ports by SO_REUSEPORT."""
+    _event_loop_policy()
+    return asyncio.run(_serve(config, None, report, secret=secret, reuse_port=True))
+
+
+async def _serve(
+    config: Config,
+    pid_file: PidFile | None,
+    report: StartupReport | None,
+    *,
+    secret: bytes | None = None,
+    reuse_port: bool = False,
+) -> int:
     from pyturn.server import Server, StartupError
 
     def fail(code: int, message: str) -> int:
@@ -193,7 +213,7 @@ async def _serve(config: Config, pid_file: PidFile | None, report: StartupReport
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        server = Server(config)
+        server = Server(config, secret=secret, reuse_port=reuse_port)
     except (UserDBError, PyturnError) as error:
         return fail(EXIT_CONFIG, f"cannot load users: {error}")
     try:
@@ -234,8 +254,8 @@ def _on_hangup(server: object) -> None:
     log.info("SIGHUP: reopening log files and reloading users")
     reopen_log_files()
     server.reload_users()
-    notify_ready()
     server.reload_tls()
+    notify_ready()
 
 
 if __name__ == "__main__":

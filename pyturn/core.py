@@ -12,13 +12,16 @@ Everything else (STUN, Send/Data indications, unbound channels) goes through han
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import random
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from hashlib import sha256
 from typing import Any
 
 from pyturn.allocation import (
@@ -61,6 +64,7 @@ FAMILY_IPV6 = 2
 CHANGE_IP = 0x04  # RFC 5780 §7.2 CHANGE-REQUEST flags
 CHANGE_PORT = 0x02
 OPEN_RELAY_ATTEMPTS = 16  # binds tried on other ports when another process holds the chosen one
+_TOKEN_BODY = struct.Struct("!HH")  # relay port, issue time (seconds, mod 2**16)
 AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
 
 
@@ -220,7 +224,8 @@ class TurnServerCore:
     ) -> None:
         self.config = config
         self._users = users
-        self._nonces = NonceSigner(secret if secret is not None else randbytes(32), config.nonce_lifetime)
+        self._secret = secret if secret is not None else randbytes(32)
+        self._nonces = NonceSigner(self._secret, config.nonce_lifetime)
         self.policy = policy if policy is not None else PeerPolicy(
             denied=config.denied_peer_addresses, allowed=config.allowed_peer_addresses
         )
@@ -318,7 +323,7 @@ class TurnServerCore:
             return [CloseRelay(handle)]
         reservation_token: bytes | None = None
         if pending.reserve_next:
-            reservation_token = self._randbytes(8)
+            reservation_token = self._reservation_token(bound[1] + 1, now)
             self._reservations[reservation_token] = _Reservation(bound[1] + 1, now + RESERVATION_LIFETIME)
             self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
         external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
@@ -580,10 +585,7 @@ class TurnServerCore:
         lifetime = self._lifetime(request)
         reserve_next = bool(even_port)
         if token is not None:
-            reservation = self._reservations.pop(token, None)
-            if reservation is None or reservation.expires <= now:
-                raise TurnError(508, "Insufficient Capacity")
-            port: int | None = reservation.port  # already held by the pool since the even allocation
+            port: int | None = self._redeem(token, now)
         else:
             port = self._ports.take(now, even=even_port is not None, with_next=reserve_next)
         if port is None:
@@ -821,6 +823,34 @@ class TurnServerCore:
             five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason,
         )
         return [CloseRelay(allocation.relay_handle), AllocationDeleted(five_tuple, reason, allocation.relay_handle)]
+
+    def _reservation_token(self, port: int, now: float) -> bytes:
+        """RFC 8656 §14.9 RESERVATION-TOKEN: port, issue time and a MAC, so any worker sharing the secret can
+        check a token another worker issued (SO_REUSEPORT may hash the RTCP allocation to another worker)."""
+        body = _TOKEN_BODY.pack(port, int(now) & 0xFFFF)
+        return body + hmac.new(self._secret, b"token" + body, sha256).digest()[:4]
+
+    def _redeem(self, token: bytes, now: float) -> int:
+        """The port a RESERVATION-TOKEN holds, or 508 for a forged, expired or already used token."""
+        if len(token) != 8 or not hmac.compare_digest(
+            token[4:], hmac.new(self._secret, b"token" + token[:4], sha256).digest()[:4]
+        ):
+            raise TurnError(508, "Insufficient Capacity")
+        port: int
+        issued: int
+        port, issued = _TOKEN_BODY.unpack(token[:4])
+        if (int(now) - issued) & 0xFFFF > RESERVATION_LIFETIME:
+            raise TurnError(508, "Insufficient Capacity")
+        reservation = self._reservations.pop(token, None)
+        if reservation is not None:
+            if reservation.expires <= now:
+                raise TurnError(508, "Insufficient Capacity")
+            return reservation.port  # already held by the pool since the even allocation
+        config = self.config
+        if config.allocation_port_range_min <= port <= config.allocation_port_range_max:
+            raise TurnError(508, "Insufficient Capacity")  # ours, and already redeemed or released
+        # Issued by another worker (another slice of the range): its bind tells whether the port is still free.
+        return port
 
     def _release_reservation(self, port: int) -> None:
         for token, reservation in list(self._reservations.items()):

@@ -1,0 +1,1 @@
+"""pyturn's benchmarks: loopback relay harness (benchmarks.relay) and the core-only micro benchmark."""
