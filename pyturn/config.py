@@ -149,7 +149,6 @@ class Kind(enum.Enum):
     ULONG = "unsigned long"  # reTurn unsigned long
     COUNT = "count"  # pyturn's own integers: strict decimal, at least KeySpec.minimum
     IPV4 = "IPv4 address"
-    IPV6 = "IPv6 address"
     OPTIONAL_IPV4 = "IPv4 address or empty"
     OPTIONAL_IPV6 = "IPv6 address or empty"
     NETWORKS = "comma-separated CIDR networks"
@@ -187,7 +186,8 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
     _spec("PadSoftwareName", "pad_software_name", Kind.BOOL,
           "append spaces to SoftwareName up to a multiple of 4 bytes (legacy clients)"),
     _spec("TurnAddress", "turn_address", Kind.IPV4, "IPv4 bind address of the UDP, TCP and TLS listeners"),
-    _spec("TurnV6Address", "turn_v6_address", Kind.IPV6, "IPv6 bind address of the listeners"),
+    _spec("TurnV6Address", "turn_v6_address", Kind.OPTIONAL_IPV6,
+          "IPv6 bind address of the listeners; empty = no IPv6 listeners (reTurn: always opened)"),
     _spec("TurnPort", "turn_port", Kind.PORT, "UDP and TCP listening port; 0 = ephemeral (tests)"),
     _spec("TlsTurnPort", "tls_turn_port", Kind.PORT, "TLS listening port; 0 disables TLS"),
     _spec("AltStunAddress", "alt_stun_address", Kind.IPV4, "second IPv4 address for RFC 3489 NAT discovery"),
@@ -489,7 +489,7 @@ class _Converter:
             if number < spec.minimum:
                 raise self.fail(entry, f"{spec.name}: must be at least {spec.minimum}, got {number}")
             return number
-        if kind in (Kind.IPV4, Kind.IPV6, Kind.OPTIONAL_IPV4, Kind.OPTIONAL_IPV6):
+        if kind in (Kind.IPV4, Kind.OPTIONAL_IPV4, Kind.OPTIONAL_IPV6):
             return self._address(spec, entry, text)
         if kind is Kind.NETWORKS:
             return self._networks(spec, entry, text)

@@ -11,6 +11,10 @@ class StunDecodeError(PyturnError):
     """Bytes that are not a well-formed STUN message, ChannelData message or stream frame."""
 
 
+class StunEncodeError(PyturnError, ValueError):
+    """A Message that cannot be put on the wire (a caller bug: a bad value for its attribute type)."""
+
+
 class TurnError(PyturnError):
     """A request that must be answered with a STUN error response (code, reason phrase)."""
 

@@ -35,7 +35,7 @@ from enum import IntEnum
 from functools import lru_cache
 from typing import Any
 
-from pyturn.errors import PyturnError, StunDecodeError
+from pyturn.errors import StunDecodeError, StunEncodeError
 
 MAGIC_COOKIE = 0x2112A442
 HEADER_SIZE = 20
@@ -111,10 +111,6 @@ class Attr(IntEnum):
     ICE_CONTROLLING = 0x802A
     RESPONSE_ORIGIN = 0x802B
     OTHER_ADDRESS = 0x802C
-
-
-class StunEncodeError(PyturnError, ValueError):
-    """A Message that cannot be put on the wire (a caller bug: bad value for its attribute type)."""
 
 
 FINGERPRINT_XOR = 0x5354554E  # RFC 8489 §14.7

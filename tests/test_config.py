@@ -640,3 +640,12 @@ def test_config_sample_loads_in_place() -> None:
     config, warnings = load_config(SAMPLE)
     assert warnings == []
     assert config.user_database_file == str(SAMPLE.parent / "users.txt")
+
+
+def test_config_empty_turn_v6_address_disables_ipv6_listeners(tmp_path: Path) -> None:
+    (tmp_path / "users.txt").write_text("test:1234:reTurn:authorized\n")
+    path = tmp_path / "reTurnServer.config"
+    path.write_text("UserDatabaseFile = users.txt\nTurnV6Address =\n")
+    config, warnings = load_config(path)
+    assert config.turn_v6_address == ""
+    assert warnings == []
