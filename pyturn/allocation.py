@@ -6,6 +6,7 @@ Pure bookkeeping: no sockets, no clock. Times are absolute deadlines in the call
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, NamedTuple
@@ -59,8 +60,6 @@ class Allocation:
     # whose peer still has a permission (used by the adapter for peer -> client ChannelData).
     channel_for_peer: dict[Address, int] = field(default_factory=dict)
     reserved_port: int | None = None
-    bytes_to_peer: int = 0
-    bytes_to_client: int = 0
 
     @property
     def family(self) -> int:
@@ -78,30 +77,49 @@ class DeadlineKind(Enum):
     RESERVATION = 4
 
 
+DeadlineCheck = Callable[[float, DeadlineKind, Any, Any], bool]
+"""(deadline, kind, owner, item) -> whether that deadline is still the object's current one."""
+COMPACT_SLACK = 1024  # stale entries tolerated beyond twice the live ones before the heap is rebuilt
+
+
 class DeadlineHeap:
     """One heap of (deadline, seq, kind, owner, item) for every expiring object.
 
-    Entries are never removed when an object is refreshed: a popped entry is checked against the object's
-    current deadline and skipped when it is stale (lazy deletion), so a refresh costs one push.
+    Refreshing an object pushes a new entry instead of moving the old one (lazy deletion), so a refresh costs one
+    push. Stale entries (an object refreshed, or deleted early) are skipped when they come due, and the heap is
+    rebuilt without them whenever it grows past twice its live size, so deleted allocations are not kept alive
+    until their old deadlines (memory stays flat under churn; amortised O(1) per push).
     """
 
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_compact_at", "_heap", "_is_current", "_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, is_current: DeadlineCheck) -> None:
         self._heap: list[tuple[float, int, DeadlineKind, Any, Any]] = []
         self._seq = 0
+        self._is_current = is_current
+        self._compact_at = COMPACT_SLACK
 
     def push(self, deadline: float, kind: DeadlineKind, owner: Any, item: Any = None) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, kind, owner, item))
+        if len(self._heap) > self._compact_at:
+            self._compact()
 
-    def pop_due(self, now: float) -> list[tuple[DeadlineKind, Any, Any]]:
-        due: list[tuple[DeadlineKind, Any, Any]] = []
+    def _compact(self) -> None:
+        is_current = self._is_current
+        self._heap = [entry for entry in self._heap if is_current(entry[0], entry[2], entry[3], entry[4])]
+        heapq.heapify(self._heap)
+        self._compact_at = 2 * len(self._heap) + COMPACT_SLACK
+
+    def pop_due(self, now: float) -> Iterator[tuple[DeadlineKind, Any, Any]]:
+        """The entries due at `now` that are still current, in deadline order. A generator: each entry is checked
+        when it is reached, so expiring one object first makes its duplicates (same deadline) stale."""
         heap = self._heap
+        is_current = self._is_current
         while heap and heap[0][0] <= now:
-            _, _, kind, owner, item = heapq.heappop(heap)
-            due.append((kind, owner, item))
-        return due
+            deadline, _, kind, owner, item = heapq.heappop(heap)
+            if is_current(deadline, kind, owner, item):
+                yield kind, owner, item
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -186,10 +187,11 @@ def run(config: Config, *, pid_file: PidFile | None = None, report: StartupRepor
         return EXIT_OK
 
 
-def _worker_main(config: Config, secret: bytes, report: StartupReport) -> int:
-    """One worker process: a whole server on its slice of the relay ports, sharing the ports by SO_REUSEPORT."""
+def _worker_main(config: Config, secret: bytes, report: StartupReport, listen_sockets: list[socket.socket]) -> int:
+    """One worker process: a whole server on its slice of the relay ports, sharing the ports by SO_REUSEPORT
+    through the listening sockets the master bound for it."""
     _event_loop_policy()
-    return asyncio.run(_serve(config, None, report, secret=secret, reuse_port=True))
+    return asyncio.run(_serve(config, None, report, secret=secret, reuse_port=True, listen_sockets=listen_sockets))
 
 
 async def _serve(
@@ -199,6 +201,7 @@ async def _serve(
     *,
     secret: bytes | None = None,
     reuse_port: bool = False,
+    listen_sockets: list[socket.socket] | None = None,
 ) -> int:
     from pyturn.server import Server, StartupError
 
@@ -213,7 +216,7 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        server = Server(config, secret=secret, reuse_port=reuse_port)
+        server = Server(config, secret=secret, reuse_port=reuse_port, listen_sockets=listen_sockets or ())
     except (UserDBError, PyturnError) as error:
         return fail(EXIT_CONFIG, f"cannot load users: {error}")
     try:

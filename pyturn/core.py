@@ -239,7 +239,7 @@ class TurnServerCore:
         self._pending: dict[int, _PendingAllocation] = {}
         self._next_token = 0
         self._reservations: dict[bytes, _Reservation] = {}
-        self._deadlines = DeadlineHeap()
+        self._deadlines = DeadlineHeap(self._deadline_current)
         self._responses: dict[tuple[FiveTuple, bytes], bytes] = {}
         self._response_expiry: deque[tuple[float, tuple[FiveTuple, bytes]]] = deque()
         self._routes: dict[tuple[Transport, Address], dict[tuple[Address, int], tuple[Any, Address]]] = {}
@@ -401,39 +401,46 @@ class TurnServerCore:
         """Expire whatever is due; call about once a second."""
         actions: list[Action] = []
         for kind, owner, item in self._deadlines.pop_due(now):
+            # pop_due only yields deadlines that are still current (see _deadline_current).
             if kind is DeadlineKind.RESERVATION:
-                reservation = self._reservations.get(item)
-                if reservation is not None and reservation.expires <= now:
-                    del self._reservations[item]
-                    self._ports.release(reservation.port)
+                self._ports.release(self._reservations.pop(item).port)
                 continue
             allocation: Allocation = owner
-            if self._allocations.get(allocation.five_tuple) is not allocation:
-                continue  # already deleted
             if kind is DeadlineKind.ALLOCATION:
-                if allocation.expires <= now:
-                    actions.extend(self._delete(allocation, "expired"))
+                actions.extend(self._delete(allocation, "expired"))
             elif kind is DeadlineKind.PERMISSION:
-                expires = allocation.permissions.get(item)
-                if expires is not None and expires <= now:
-                    del allocation.permissions[item]
-                    self._sync_routes(allocation, now)
-            elif kind is DeadlineKind.CHANNEL:
+                del allocation.permissions[item]
+                self._sync_routes(allocation, now)
+            else:
                 binding: ChannelBinding = item
-                if allocation.channels.get(binding.channel) is binding and binding.expires <= now:
-                    del allocation.channels[binding.channel]
-                    del allocation.peer_channels[binding.peer]
-                    # _sync_routes only visits live channels: drop this one's fast-path entry here.
-                    five_tuple = allocation.five_tuple
-                    table = self.routes(five_tuple.transport, five_tuple.server)
-                    table.pop((five_tuple.client, binding.channel), None)
-                    self._sync_routes(allocation, now)
+                del allocation.channels[binding.channel]
+                del allocation.peer_channels[binding.peer]
+                # _sync_routes only visits live channels: drop this one's fast-path entry here.
+                five_tuple = allocation.five_tuple
+                table = self.routes(five_tuple.transport, five_tuple.server)
+                table.pop((five_tuple.client, binding.channel), None)
+                self._sync_routes(allocation, now)
         expiry = self._response_expiry
         while expiry and expiry[0][0] <= now:
             self._responses.pop(expiry.popleft()[1], None)
         if self._limiter is not None:
             self._limiter.prune(now)
         return actions
+
+    def _deadline_current(self, deadline: float, kind: DeadlineKind, owner: Any, item: Any) -> bool:
+        """Whether a deadline-heap entry still describes its object (not refreshed since, not deleted)."""
+        if kind is DeadlineKind.RESERVATION:
+            reservation = self._reservations.get(item)
+            return reservation is not None and reservation.expires == deadline
+        allocation: Allocation = owner
+        if self._allocations.get(allocation.five_tuple) is not allocation:
+            return False
+        if kind is DeadlineKind.ALLOCATION:
+            return allocation.expires == deadline
+        if kind is DeadlineKind.PERMISSION:
+            return allocation.permissions.get(item) == deadline
+        binding: ChannelBinding = item
+        return allocation.channels.get(binding.channel) is binding and binding.expires == deadline
 
     def close_all(self) -> list[Action]:
         """Free every allocation (server shutdown)."""

@@ -25,7 +25,7 @@ from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
-from pyturn.transport import Runtime, UdpListener, bind_udp, start_stream_listener
+from pyturn.transport import Runtime, UdpListener, bind_udp, make_stream_factory, start_stream_listener
 from pyturn.userdb import UserDB, load_user_file
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,14 @@ async def _release_streams(runtime: Runtime) -> None:
         await asyncio.sleep(0)  # abort() runs connection_lost, which releases the socket, on the next iteration
 
 
+def _listen_key(kind: int, host: str, port: int) -> tuple[int, str, int]:
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    return int(kind), host, int(port)
+
+
 def _has_ipv6() -> bool:
     if not socket.has_ipv6:
         return False
@@ -116,6 +124,10 @@ class Server:
     deleted, permission, channel, auth failure) on the server's loop; ``events``, ``ended_allocations`` and
     ``relayed_bytes()`` keep them for later assertions. ``transports`` limits the listeners to some of "udp",
     "tcp", "tls" (TLS also needs TlsTurnPort or ``ssl_context``).
+
+    ``listen_sockets`` are already bound listening sockets (UDP, or TCP in listen state) that the server uses
+    instead of binding the same type, address and port itself (pyturn.workers binds them in the master, so a
+    restarted worker takes over its predecessor's place in the SO_REUSEPORT group).
     """
 
     def __init__(
@@ -129,8 +141,10 @@ class Server:
         secret: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        listen_sockets: Collection[socket.socket] = (),
     ) -> None:
         self.config = config if config is not None else loopback_config()
+        self._listen_sockets = {_listen_key(sock.type, *sock.getsockname()[:2]): sock for sock in listen_sockets}
         self._on_event = on_event
         unknown = set(transports) - set(TRANSPORTS)
         if unknown:
@@ -146,13 +160,13 @@ class Server:
         self._reuse_port = reuse_port
         self._users_from_file = users is None
         self._user_db: UserDB | None = None
+        self._user_file_mtime: float | None = None  # set by the first load, before the watcher compares with it
         self._lookup = self._initial_lookup(users)
         self.core: TurnServerCore | None = None
         self._runtime: Runtime | None = None
         self._udp: list[UdpListener] = []
         self._streams: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._user_file_mtime: float | None = None
         self._started = False
         self._closed = False
         self.addresses: dict[str, list[Address]] = {"udp": [], "tcp": [], "tls": []}
@@ -249,10 +263,22 @@ class Server:
         except BaseException:
             await self.close()
             raise
-        self.core.set_server_addresses({address[0] for addresses in self.addresses.values() for address in addresses})
+        self.core.set_server_addresses(self._own_addresses())
         self._tasks.append(loop.create_task(self._ticker()))
         if self._users_from_file and self.config.user_database_check_interval > 0:
             self._tasks.append(loop.create_task(self._watch_user_file()))
+
+    def _own_addresses(self) -> set[str]:
+        """Listening, relay and advertised IPs: never valid peers (relay-to-self loops, anchors.md §5.3 case 26)."""
+        config = self.config
+        own = {address[0] for addresses in self.addresses.values() for address in addresses}
+        for host in (config.relay_address, config.relay_v6_address, config.external_address,
+                     config.external_v6_address):
+            try:
+                own.add(str(ipaddress.ip_address(host)))
+            except ValueError:
+                continue  # unset ("") or not an IP: nothing to deny
+        return own
 
     async def _open_listeners(self) -> None:
         config = self.config
@@ -305,7 +331,9 @@ class Server:
     def _open_udp(self, host: str, port: int) -> int:
         assert self._runtime is not None
         try:
-            sock = bind_udp(host, port, reuse_port=self._reuse_port)
+            sock = self._listen_sockets.pop(_listen_key(socket.SOCK_DGRAM, host, port), None) or bind_udp(
+                host, port, reuse_port=self._reuse_port
+            )
         except OSError as error:
             raise StartupError(f"cannot listen on UDP {host}:{port}: {error.strerror or error}") from error
         listener = UdpListener(self._runtime, sock)
@@ -315,12 +343,19 @@ class Server:
 
     async def _open_stream(self, host: str, port: int, kind: Transport, context: ssl.SSLContext | None) -> int:
         assert self._runtime is not None
+        adopted = self._listen_sockets.pop(_listen_key(socket.SOCK_STREAM, host, port), None)
         try:
-            server = await start_stream_listener(
-                self._runtime, host, port, kind, ssl_context=context,
-                auth_timeout=float(self.config.tcp_auth_timeout), reuse_port=self._reuse_port,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
+            if adopted is not None:
+                server = await self._runtime.loop.create_server(
+                    make_stream_factory(self._runtime, kind, float(self.config.tcp_auth_timeout)), sock=adopted,
+                    ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if context is not None else None,
+                )
+            else:
+                server = await start_stream_listener(
+                    self._runtime, host, port, kind, ssl_context=context,
+                    auth_timeout=float(self.config.tcp_auth_timeout), reuse_port=self._reuse_port,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                )
         except OSError as error:
             raise StartupError(
                 f"cannot listen on {kind.value.upper()} {host}:{port}: {error.strerror or error}"
@@ -378,6 +413,9 @@ class Server:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
+        for sock in self._listen_sockets.values():
+            sock.close()
+        self._listen_sockets.clear()
         if self.core is not None and self._runtime is not None:
             self._runtime.dispatch(self.core.close_all())
         for listener in self._udp:

@@ -52,12 +52,14 @@ _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 _ROUTE_PROBE = {socket.AF_INET: ("192.0.2.1", 9), socket.AF_INET6: ("2001:db8::1", 9)}
-# MaxTcpConnections = 0: the connections the fd limit leaves room for. FD_RESERVE covers the listeners, the event
-# loop, log files and the interpreter; each remaining TCP/TLS client is given two descriptors, its own and one
-# relay socket, because the relay sockets of UDP clients draw from the same limit.
-FD_RESERVE = 64
+# The fd budget (anchors.md §5.5 case 40): relay sockets and TCP/TLS connections together stay FD_RESERVE below the
+# soft RLIMIT_NOFILE. The reserve covers listeners, the event loop, log files and the interpreter, plus one burst of
+# connections accepted before the refused ones are closed (asyncio accepts up to 100 per wake-up), so the process
+# does not reach EMFILE through its own sockets. MaxTcpConnections = 0 takes half the budget: each TCP/TLS client
+# also holds a relay socket.
+FD_RESERVE = 128
+MIN_SOCKET_BUDGET = 32
 FDS_PER_STREAM = 2
-MIN_DERIVED_STREAMS = 16
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused TCP/TLS connections
 
 EventSink = Callable[[Any], None]
@@ -119,11 +121,16 @@ def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
     return sock
 
 
-def derived_stream_limit(soft_fd_limit: int) -> int:
-    """MaxTcpConnections = 0: max(16, (soft RLIMIT_NOFILE - 64) // 2); an unlimited fd limit gives 0 (no cap)."""
+def socket_budget(soft_fd_limit: int) -> int:
+    """Relay sockets plus TCP/TLS connections allowed: max(32, soft RLIMIT_NOFILE - 128); 0 when unlimited."""
     if soft_fd_limit < 0 or soft_fd_limit == resource.RLIM_INFINITY:
         return 0
-    return max(MIN_DERIVED_STREAMS, (soft_fd_limit - FD_RESERVE) // FDS_PER_STREAM)
+    return max(MIN_SOCKET_BUDGET, soft_fd_limit - FD_RESERVE)
+
+
+def derived_stream_limit(soft_fd_limit: int) -> int:
+    """MaxTcpConnections = 0: max(32, soft RLIMIT_NOFILE - 128) // 2 connections; 0 (no cap) when unlimited."""
+    return socket_budget(soft_fd_limit) // FDS_PER_STREAM
 
 
 def stream_limit(max_tcp_connections: int) -> int:
@@ -131,6 +138,26 @@ def stream_limit(max_tcp_connections: int) -> int:
     if max_tcp_connections:
         return max_tcp_connections
     return derived_stream_limit(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+class _ThrottledWarning:
+    """Counts refusals and logs them at most once per REFUSAL_LOG_INTERVAL, never once per event."""
+
+    __slots__ = ("logged_at", "template", "total", "unlogged")
+
+    def __init__(self, template: str) -> None:
+        self.template = template  # formatted with the number of refusals since the last line
+        self.total = 0
+        self.unlogged = 0
+        self.logged_at: float | None = None
+
+    def note(self, now: float) -> None:
+        self.total += 1
+        self.unlogged += 1
+        if self.logged_at is None or now - self.logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning(self.template, self.unlogged)
+            self.unlogged = 0
+            self.logged_at = now
 
 
 class Runtime:
@@ -143,13 +170,27 @@ class Runtime:
         self.udp_listeners: dict[Address, UdpListener] = {}
         self.streams: dict[FiveTuple, StreamConnection] = {}
         self.relays: set[RelayEndpoint] = set()
-        # MaxTcpConnections / MaxTcpConnectionsPerSource (anchors.md §5.5 case 40).
+        # MaxTcpConnections / MaxTcpConnectionsPerSource and the fd budget (anchors.md §5.5 case 40).
+        self.socket_budget = socket_budget(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.max_streams = stream_limit(core.config.max_tcp_connections)
         self.max_streams_per_source = core.config.max_tcp_connections_per_source
         self.streams_per_source: dict[str, int] = {}
-        self.refused_streams = 0  # in total, for tests and statistics
-        self._refused_unlogged = 0
-        self._refusal_logged_at: float | None = None
+        self._stream_refusals = _ThrottledWarning(
+            f"refused %d TCP/TLS connection(s): limit of {self.max_streams} in total, "
+            f"{self.max_streams_per_source} per source or {self.socket_budget} sockets reached (0 = none)"
+        )
+        self._relay_refusals = _ThrottledWarning(
+            f"refused %d relay socket(s) (508): out of file descriptors or the budget of {self.socket_budget} "
+            "sockets reached"
+        )
+
+    @property
+    def refused_streams(self) -> int:
+        """TCP/TLS connections refused so far (caps or fd budget)."""
+        return self._stream_refusals.total
+
+    def _sockets_exhausted(self) -> bool:
+        return bool(self.socket_budget) and len(self.streams) + len(self.relays) >= self.socket_budget
 
     def now(self) -> float:
         return self.loop.time()
@@ -157,10 +198,12 @@ class Runtime:
     def admit_stream(self, client_ip: str) -> bool:
         """Count a new TCP/TLS connection in, or refuse it when a connection cap is reached."""
         count = self.streams_per_source.get(client_ip, 0)
-        if (self.max_streams and len(self.streams) >= self.max_streams) or (
-            self.max_streams_per_source and count >= self.max_streams_per_source
+        if (
+            (self.max_streams and len(self.streams) >= self.max_streams)
+            or (self.max_streams_per_source and count >= self.max_streams_per_source)
+            or self._sockets_exhausted()
         ):
-            self._note_refusal()
+            self._stream_refusals.note(self.now())
             return False
         self.streams_per_source[client_ip] = count + 1
         return True
@@ -171,19 +214,6 @@ class Runtime:
             self.streams_per_source[client_ip] = remaining
         else:
             self.streams_per_source.pop(client_ip, None)
-
-    def _note_refusal(self) -> None:
-        # One log line per REFUSAL_LOG_INTERVAL at most, whatever the rate of refused connections.
-        self.refused_streams += 1
-        self._refused_unlogged += 1
-        now = self.now()
-        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning(
-                "refused %d TCP/TLS connection(s): limit of %d in total or %d per source reached",
-                self._refused_unlogged, self.max_streams, self.max_streams_per_source,
-            )
-            self._refused_unlogged = 0
-            self._refusal_logged_at = now
 
     def dispatch(self, actions: list[Action]) -> None:
         for action in actions:
@@ -224,6 +254,10 @@ class Runtime:
         five_tuple = action.five_tuple
         family = socket.AF_INET6 if action.family == 2 else socket.AF_INET
         now = self.now()
+        if self._sockets_exhausted():
+            self._relay_refusals.note(now)  # 508 rather than EMFILE later on an accept or a log file
+            self.dispatch(self.core.relay_failed(action.token, RelayFailure.OTHER, now))
+            return
         try:
             host = action.host
             if _wildcard(host):
@@ -240,7 +274,10 @@ class Runtime:
                 failure = RelayFailure.FAMILY_UNAVAILABLE
             else:
                 failure = RelayFailure.OTHER
-                log.warning("relay bind on %s:%d failed: %s", action.host, action.port, error)
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._relay_refusals.note(now)  # out of descriptors: one line per interval, not per request
+                else:
+                    log.warning("relay bind on %s:%d failed: %s", action.host, action.port, error)
             self.dispatch(self.core.relay_failed(action.token, failure, now))
             return
         if action.dont_fragment:

@@ -8,9 +8,14 @@ the worker that accepted it), so each worker runs an ordinary, independent Serve
 * each reads the same user file; SIGHUP is forwarded to every worker;
 * a worker that dies is restarted on its own slice without disturbing the others.
 
-The master binds nothing while serving. It checks that every port is free before it forks (SO_REUSEPORT would
-otherwise let a second pyturn join the group silently), waits for every worker to report ready, forwards
-signals and reaps and restarts workers.
+The master checks that every port is free before it forks (SO_REUSEPORT would otherwise let a second pyturn
+join the group silently), then binds each worker's listening sockets itself and keeps them open. The kernel
+picks a socket of the group by the flow's hash modulo the group's size and index in it; a worker that closed its
+own sockets on death would leave the group and reshuffle it (Linux moves the last member into the hole), so the
+restarted worker would rejoin at another index and flows, with their allocations, would land on the wrong
+worker. Held by the master, a dead worker's sockets stay in place (datagrams wait in their buffers) and its
+successor takes them over. The master waits for every worker to report ready, forwards signals and reaps and
+restarts workers.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pyturn.service import (
     notify_reloading,
     notify_stopping,
 )
+from pyturn.transport import bind_udp
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +47,11 @@ STOP_TIMEOUT = 2.0  # SIGTERM to SIGKILL for workers that do not leave
 RESTART_DELAY = 1.0  # a worker that dies within this long of its start is restarted after this pause
 _MASTER_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
-WorkerMain = Callable[[Config, bytes, StartupReport], int]
-"""Runs one worker to completion in the forked child: (its config, the shared secret, its ready channel)."""
+LISTEN_BACKLOG = 1024
+
+WorkerMain = Callable[[Config, bytes, StartupReport, list[socket.socket]], int]
+"""Runs one worker to completion in the forked child: (its config, the shared secret, its ready channel, its
+listening sockets, bound by the master)."""
 
 
 def worker_count(config: Config) -> int:
@@ -69,10 +78,14 @@ def _has_ipv6() -> bool:
     return True
 
 
+def _listen_hosts(config: Config) -> list[str]:
+    return [config.turn_address] + ([config.turn_v6_address] if config.turn_v6_address and _has_ipv6() else [])
+
+
 def claim_ports(config: Config) -> Config:
     """Bind every listening address once without SO_REUSEPORT, so a port held by anything (another pyturn
     included) is an error here, then release them for the workers. Port 0 becomes the port the kernel chose."""
-    hosts = [config.turn_address] + ([config.turn_v6_address] if config.turn_v6_address and _has_ipv6() else [])
+    hosts = _listen_hosts(config)
     ports = {"turn_port": config.turn_port, "tls_turn_port": config.tls_turn_port}
     plan = [("turn_port", socket.SOCK_DGRAM), ("turn_port", socket.SOCK_STREAM)]
     if config.tls_turn_port:
@@ -104,10 +117,49 @@ def claim_ports(config: Config) -> Config:
     return config.replace(**ports)
 
 
+def _bind_stream(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_listeners(config: Config) -> list[socket.socket]:
+    """One worker's TURN (UDP and TCP) and TLS listening sockets with SO_REUSEPORT, on the ports claim_ports
+    resolved. The alternate STUN sockets are left to the worker (Binding only: no state to keep on a worker)."""
+    plan = [("UDP", config.turn_port), ("TCP", config.turn_port)]
+    if config.tls_turn_port:
+        plan.append(("TCP", config.tls_turn_port))
+    sockets: list[socket.socket] = []
+    try:
+        for host in _listen_hosts(config):
+            for kind, port in plan:
+                try:
+                    sockets.append(bind_udp(host, port, reuse_port=True) if kind == "UDP" else _bind_stream(host, port))
+                except OSError as error:
+                    raise OSError(error.errno, f"cannot listen on {kind} {host}:{port}: {error.strerror}") from error
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 @dataclass(slots=True)
 class _Worker:
     index: int
     config: Config
+    sockets: list[socket.socket]
     pid: int = 0
     started: float = 0.0
 
@@ -119,11 +171,21 @@ class WorkerPool:
         self.secret = secret
         self.worker_main = worker_main
         low, high = config.allocation_port_range_min, config.allocation_port_range_max
-        self.workers = [
-            _Worker(index, config.replace(allocation_port_range_min=lo, allocation_port_range_max=hi))
-            for index, (lo, hi) in enumerate(port_slices(low, high, worker_count(config)))
-        ]
+        slices = port_slices(low, high, worker_count(config))
+        self.workers: list[_Worker] = []
         self.stopping = False
+        try:
+            for index, (lo, hi) in enumerate(slices):
+                worker_config = config.replace(allocation_port_range_min=lo, allocation_port_range_max=hi)
+                self.workers.append(_Worker(index, worker_config, bind_listeners(config)))
+        except BaseException:
+            self.close_sockets()
+            raise
+
+    def close_sockets(self) -> None:
+        for worker in self.workers:
+            for sock in worker.sockets:
+                sock.close()
 
     def _spawn(self, worker: _Worker) -> int:
         """Fork one worker; returns the read end of its ready channel."""
@@ -137,7 +199,11 @@ class WorkerPool:
                 for signum in _MASTER_SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
                 os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears from the master only
-                status = self.worker_main(worker.config, self.secret, StartupReport(write_end))
+                for other in self.workers:
+                    if other is not worker:
+                        for sock in other.sockets:
+                            sock.close()
+                status = self.worker_main(worker.config, self.secret, StartupReport(write_end), worker.sockets)
             except BaseException:
                 log.exception("worker %d failed", worker.index)
             finally:
@@ -246,6 +312,7 @@ class WorkerPool:
                 except ChildProcessError:
                     pass
                 worker.pid = 0
+        self.close_sockets()
 
 
 def run_workers(config: Config, worker_main: WorkerMain, report: StartupReport | None) -> int:

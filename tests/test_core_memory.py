@@ -1,0 +1,41 @@
+"""Memory stays flat under allocation churn (anchors.md §5.5 case 37): deleted allocations must not be kept
+alive by the deadline heap until their old deadlines (600 s) pass."""
+
+from __future__ import annotations
+
+import gc
+
+from pyturn.allocation import COMPACT_SLACK, Allocation
+from tests.turnclient import Harness, make_config
+
+CYCLES = 3000
+
+
+def test_core_memory_churn_keeps_deadline_heap_and_allocations_bounded() -> None:
+    harness = Harness(config=make_config(unauthenticated_rate_limit=0))  # every client here has one IP
+    for n in range(CYCLES):
+        client = harness.client(client=("203.0.113.10", 10000 + n))
+        client.allocate()
+        client.channel_bind(0x4000)
+        client.refresh(lifetime=0)
+        harness.advance(0.01)
+    core = harness.core
+    assert not core.allocations
+    # Every cycle pushed three deadlines (allocation, channel, permission); none of them is current any more.
+    assert len(core._deadlines) <= COMPACT_SLACK + 3
+    gc.collect()
+    alive = sum(isinstance(thing, Allocation) for thing in gc.get_objects())
+    assert alive <= COMPACT_SLACK  # only what the last, not yet compacted, stretch of the heap still holds
+
+
+def test_core_memory_refreshes_do_not_grow_the_heap_without_bound() -> None:
+    harness = Harness()
+    client = harness.client()
+    client.allocate()
+    client.channel_bind(0x4000)
+    for _ in range(CYCLES):
+        harness.advance(1.0)
+        client.refresh()
+        client.channel_bind(0x4000)
+    assert len(harness.core._deadlines) <= 2 * 3 + COMPACT_SLACK + 3
+    assert harness.core.allocations  # still alive: the refreshes worked
