@@ -60,6 +60,8 @@ class Allocation:
     # whose peer still has a permission (used by the adapter for peer -> client ChannelData).
     channel_for_peer: dict[Address, int] = field(default_factory=dict)
     reserved_port: int | None = None
+    # Answers to this 5-tuple's recent requests: transaction id -> (keep until, bytes), oldest first.
+    responses: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
 
     @property
     def family(self) -> int:
@@ -103,6 +105,11 @@ class DeadlineHeap:
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, kind, owner, item))
         if len(self._heap) > self._compact_at:
+            self._compact()
+
+    def compact_if_larger_than(self, size: int) -> None:
+        """Rebuild now if the heap holds more than `size` entries (mostly stale, e.g. after a burst of deletes)."""
+        if len(self._heap) > size:
             self._compact()
 
     def _compact(self) -> None:

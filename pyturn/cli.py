@@ -216,7 +216,10 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        server = Server(config, secret=secret, reuse_port=reuse_port, listen_sockets=listen_sockets or ())
+        # A service has no test asserting on its events: keep none (memory stays flat under churn).
+        server = Server(
+            config, secret=secret, reuse_port=reuse_port, listen_sockets=listen_sockets or (), keep_events=0
+        )
     except (UserDBError, PyturnError) as error:
         return fail(EXIT_CONFIG, f"cannot load users: {error}")
     try:

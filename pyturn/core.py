@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import struct
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -58,6 +57,7 @@ from pyturn.stun import (
 log = logging.getLogger(__name__)
 
 RESPONSE_CACHE_LIFETIME = 10.0  # reTurn keeps UDP responses 10 s for retransmissions (reTurn.md §4.2)
+RESPONSES_KEPT = 8  # per allocation: a client has only a few transactions outstanding at once
 UDP_PROTOCOL = 17  # RFC 8656 §14.7 REQUESTED-TRANSPORT value for UDP
 FAMILY_IPV4 = 1
 FAMILY_IPV6 = 2
@@ -240,8 +240,6 @@ class TurnServerCore:
         self._next_token = 0
         self._reservations: dict[bytes, _Reservation] = {}
         self._deadlines = DeadlineHeap(self._deadline_current)
-        self._responses: dict[tuple[FiveTuple, bytes], bytes] = {}
-        self._response_expiry: deque[tuple[float, tuple[FiveTuple, bytes]]] = deque()
         self._routes: dict[tuple[Transport, Address], dict[tuple[Address, int], tuple[Any, Address]]] = {}
         self._alternate: tuple[Address, Address] | None = None
         self._data_tid_prefix = randbytes(4)
@@ -290,9 +288,12 @@ class TurnServerCore:
         except StunDecodeError:
             return []  # malformed STUN is dropped without an answer (RFC 8489 §6.3)
         if message.msg_class is MessageClass.REQUEST:
-            cached = self._responses.get((five_tuple, message.transaction_id))
-            if cached is not None:
-                return [SendToClient(five_tuple, cached)]
+            # RFC 8489 §6.3.1: a retransmission (same 5-tuple, same transaction id) gets the first answer again.
+            allocation = self._allocations.get(five_tuple)
+            if allocation is not None:
+                cached = allocation.responses.get(message.transaction_id)
+                if cached is not None and cached[0] > now:
+                    return [SendToClient(five_tuple, cached[1])]
             return self._handle_request(message, five_tuple, now)
         if message.msg_class is MessageClass.INDICATION and message.method == Method.SEND:
             return self._handle_send(message, five_tuple, now)
@@ -420,9 +421,7 @@ class TurnServerCore:
                 table = self.routes(five_tuple.transport, five_tuple.server)
                 table.pop((five_tuple.client, binding.channel), None)
                 self._sync_routes(allocation, now)
-        expiry = self._response_expiry
-        while expiry and expiry[0][0] <= now:
-            self._responses.pop(expiry.popleft()[1], None)
+        self._deadlines.compact_if_larger_than(4 * (3 * len(self._allocations) + len(self._reservations)) + 64)
         if self._limiter is not None:
             self._limiter.prune(now)
         return actions
@@ -829,7 +828,14 @@ class TurnServerCore:
             "allocation %s:%d/%s deleted (%s)",
             five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason,
         )
-        return [CloseRelay(allocation.relay_handle), AllocationDeleted(five_tuple, reason, allocation.relay_handle)]
+        handle = allocation.relay_handle
+        # Stale deadline entries may still point at this object until the heap is compacted: hold nothing big.
+        allocation.relay_handle = None
+        allocation.channels.clear()
+        allocation.peer_channels.clear()
+        allocation.permissions.clear()
+        allocation.responses.clear()
+        return [CloseRelay(handle), AllocationDeleted(five_tuple, reason, handle)]
 
     def _reservation_token(self, port: int, now: float) -> bytes:
         """RFC 8656 §14.9 RESERVATION-TOKEN: port, issue time and a MAC, so any worker sharing the secret can
@@ -890,10 +896,18 @@ class TurnServerCore:
         return data
 
     def _reply(self, request: Message, response: Message, five_tuple: FiveTuple, key: bytes | None) -> SendToClient:
-        """Encode a response; authenticated ones carry MESSAGE-INTEGRITY and are kept for retransmissions."""
+        """Encode a response; authenticated ones carry MESSAGE-INTEGRITY and are kept for retransmissions.
+
+        The cache lives on the allocation, so it goes with it: nothing is kept for unauthenticated requests, and a
+        retransmitted Refresh(LIFETIME 0) after the deletion gets 437, which RFC 8656 §7.3 tells clients to take
+        as success. Unauthenticated and allocation-less answers are recomputed, with the same result.
+        """
         data = self._encode(request, response, key)
         if key is not None:
-            cache_key = (five_tuple, request.transaction_id)
-            self._responses[cache_key] = data
-            self._response_expiry.append((self._now + RESPONSE_CACHE_LIFETIME, cache_key))
+            allocation = self._allocations.get(five_tuple)
+            if allocation is not None:
+                responses = allocation.responses
+                if len(responses) >= RESPONSES_KEPT:
+                    del responses[next(iter(responses))]  # the oldest
+                responses[request.transaction_id] = (self._now + RESPONSE_CACHE_LIFETIME, data)
         return SendToClient(five_tuple, data)

@@ -9,6 +9,7 @@ Pure: no sockets, no clock.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -106,8 +107,13 @@ class EventLog:
         self._live: dict[FiveTuple, AllocationCreated] = {}
 
     def __call__(self, event: Event) -> None:
-        self.events.append(event)
         hooks = self.hooks
+        if isinstance(event, AllocationDeleted):
+            # Kept without the relay handle: a closed socket has nothing more to say, and a long event log must
+            # not keep every closed relay of the last EVENTS_KEPT events alive.
+            self.events.append(dataclasses.replace(event, handle=None))
+        else:
+            self.events.append(event)
         if isinstance(event, AllocationCreated):
             self._live[event.five_tuple] = event
             if hooks.on_allocation_created is not None:

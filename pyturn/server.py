@@ -22,7 +22,7 @@ from pyturn.auth import UserLookup
 from pyturn.config import Config
 from pyturn.core import Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
-from pyturn.hooks import AllocationEnded, EventLog, Hooks, RelayedBytes
+from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.transport import Runtime, UdpListener, bind_udp, make_stream_factory, start_stream_listener
@@ -142,6 +142,7 @@ class Server:
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
         listen_sockets: Collection[socket.socket] = (),
+        keep_events: int = EVENTS_KEPT,
     ) -> None:
         self.config = config if config is not None else loopback_config()
         self._listen_sockets = {_listen_key(sock.type, *sock.getsockname()[:2]): sock for sock in listen_sockets}
@@ -150,7 +151,7 @@ class Server:
         if unknown:
             raise PyturnError(f"unknown transports {sorted(unknown)}: choose among {TRANSPORTS}")
         self._transports = frozenset(transports)
-        self._event_log = EventLog(hooks)
+        self._event_log = EventLog(hooks, keep=keep_events)
         if on_event is not None:
             self._event_log.listeners.append(on_event)
         self._passwords: dict[str, str] = {}

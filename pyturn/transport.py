@@ -450,6 +450,7 @@ class RelayEndpoint:
         if self.closed:
             return
         self.closed = True
+        self.allocation = None  # the byte counters outlive the socket (hooks read them); the allocation need not
         self.runtime.relays.discard(self)
         try:
             self.runtime.loop.remove_reader(self.fd)

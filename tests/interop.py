@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -77,13 +78,18 @@ def _can_bind(family: int, kind: int, host: str, port: int) -> bool:
     return True
 
 
+LISTEN_PORTS = (30000, 32768)  # [start, stop) of the ports test servers listen on
+
+
 def free_port(*, ipv6: bool = True) -> int:
-    """A port currently free for UDP and TCP on 127.0.0.1 (and ::1 when ipv6): what a server listens on."""
+    """A port currently free for UDP and TCP on 127.0.0.1 (and ::1 when ipv6): what a server listens on.
+
+    Chosen below Linux's ephemeral range (32768-60999), so no client socket or relay socket the kernel or a
+    server picks at random can take it between this check and the server's bind.
+    """
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((LOOPBACK, 0))
-            port = int(probe.getsockname()[1])
-        checks = [(socket.AF_INET, socket.SOCK_STREAM, LOOPBACK)]
+        port = random.randrange(*LISTEN_PORTS)
+        checks = [(socket.AF_INET, socket.SOCK_DGRAM, LOOPBACK), (socket.AF_INET, socket.SOCK_STREAM, LOOPBACK)]
         if ipv6 and has_ipv6():
             checks += [(socket.AF_INET6, socket.SOCK_DGRAM, LOOPBACK_V6), (socket.AF_INET6, socket.SOCK_STREAM,
                                                                              LOOPBACK_V6)]

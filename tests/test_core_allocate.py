@@ -610,14 +610,28 @@ def test_core_refresh_zero_deletes_the_allocation() -> None:
     assert client.refresh(600).error_code == 437
 
 
-def test_core_refresh_zero_retransmission_gets_cached_success() -> None:
+def test_core_refresh_zero_retransmission_gets_437_and_deletes_nothing_twice() -> None:
+    # RFC 8656 §7.3 note: a retransmitted Refresh(LIFETIME 0) after the deletion gets 437, which the client takes
+    # as success; the response cache lives on the allocation and goes with it.
     harness = Harness()
     client = allocated(harness)
     data = client.signed(Method.REFRESH, [(Attr.LIFETIME, 0)])
     first = client.send_raw(data)
+    assert first.response.msg_class is MessageClass.SUCCESS
+    again = client.send_raw(data)
+    assert again.error_code == 437
+    assert not again.of(CloseRelay)
+
+
+def test_core_refresh_retransmission_gets_the_cached_answer() -> None:
+    harness = Harness()
+    client = allocated(harness)
+    data = client.signed(Method.REFRESH, [(Attr.LIFETIME, 1200)])
+    first = client.send_raw(data)
+    harness.advance(1)
     again = client.send_raw(data)
     assert again.sent == first.sent
-    assert not again.of(CloseRelay)
+    assert not again.of(AllocationRefreshed)
 
 
 @pytest.mark.parametrize(

