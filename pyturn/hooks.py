@@ -108,18 +108,18 @@ class EventLog:
 
     def __call__(self, event: Event) -> None:
         hooks = self.hooks
+        ended = None
         if isinstance(event, AllocationDeleted):
-            # Kept without the relay handle: a closed socket has nothing more to say, and a long event log must
-            # not keep every closed relay of the last EVENTS_KEPT events alive.
-            self.events.append(dataclasses.replace(event, handle=None))
-        else:
-            self.events.append(event)
+            ended = self._end(event)  # reads the byte counters off the relay handle
+            # Passed on without the handle: a closed socket has nothing more to say, and the event log must not keep
+            # the closed relays of its last EVENTS_KEPT events alive.
+            event = dataclasses.replace(event, handle=None)
+        self.events.append(event)
         if isinstance(event, AllocationCreated):
             self._live[event.five_tuple] = event
             if hooks.on_allocation_created is not None:
                 _call(hooks.on_allocation_created, event)
-        elif isinstance(event, AllocationDeleted):
-            ended = self._end(event)
+        elif ended is not None:
             if hooks.on_allocation_deleted is not None:
                 _call(hooks.on_allocation_deleted, ended)
         elif isinstance(event, AllocationRefreshed):

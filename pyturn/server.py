@@ -25,7 +25,14 @@ from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
-from pyturn.transport import Runtime, UdpListener, bind_udp, make_stream_factory, start_stream_listener
+from pyturn.transport import (
+    Runtime,
+    UdpListener,
+    bind_udp,
+    has_ipv6,
+    make_stream_factory,
+    start_stream_listener,
+)
 from pyturn.userdb import UserDB, load_user_file
 
 log = logging.getLogger(__name__)
@@ -99,17 +106,6 @@ def _listen_key(kind: int, host: str, port: int) -> tuple[int, str, int]:
     except ValueError:
         pass
     return int(kind), host, int(port)
-
-
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 class Server:
@@ -285,7 +281,7 @@ class Server:
         config = self.config
         hosts = [config.turn_address]
         if config.turn_v6_address:
-            if _has_ipv6():
+            if has_ipv6():
                 hosts.append(config.turn_v6_address)
             else:
                 log.warning("IPv6 is not available on this host: serving IPv4 only")

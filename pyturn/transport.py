@@ -42,6 +42,7 @@ MAX_DATAGRAM = 65535
 # bigger could never be relayed, so the stream is taken to be garbage and closed.
 MAX_STREAM_FRAME = 4 + 65508
 SOCKET_BUFFER = 1 << 20
+LISTEN_BACKLOG = 1024
 MAX_STREAM_BACKLOG = 1 << 20  # bytes queued towards one TCP/TLS client before relayed data is dropped
 _CHANNEL_HEADER = struct.Struct("!HH")
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
@@ -553,6 +554,37 @@ def make_stream_factory(
     return factory
 
 
+def has_ipv6() -> bool:
+    """Whether this host can bind IPv6 loopback at all (a kernel without IPv6, or with it disabled, cannot)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def bind_stream(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening, non-blocking TCP socket (IPv6 only on IPv6 addresses; SO_REUSEADDR for TIME_WAIT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def start_stream_listener(
     runtime: Runtime,
     host: str,
@@ -564,20 +596,7 @@ async def start_stream_listener(
     reuse_port: bool = False,
     ssl_handshake_timeout: float | None = None,
 ) -> asyncio.Server:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
+    sock = bind_stream(host, port, reuse_port=reuse_port)
     return await runtime.loop.create_server(
         make_stream_factory(runtime, kind, auth_timeout), sock=sock, ssl=ssl_context,
         ssl_handshake_timeout=ssl_handshake_timeout if ssl_context is not None else None,

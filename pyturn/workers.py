@@ -38,7 +38,7 @@ from pyturn.service import (
     notify_reloading,
     notify_stopping,
 )
-from pyturn.transport import bind_udp
+from pyturn.transport import bind_stream, bind_udp, has_ipv6
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ STOP_TIMEOUT = 2.0  # SIGTERM to SIGKILL for workers that do not leave
 RESTART_DELAY = 1.0  # a worker that dies within this long of its start is restarted after this pause
 _MASTER_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
-LISTEN_BACKLOG = 1024
 
 WorkerMain = Callable[[Config, bytes, StartupReport, list[socket.socket]], int]
 """Runs one worker to completion in the forked child: (its config, the shared secret, its ready channel, its
@@ -69,17 +68,8 @@ def port_slices(low: int, high: int, count: int) -> list[tuple[int, int]]:
     return slices
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 def _listen_hosts(config: Config) -> list[str]:
-    return [config.turn_address] + ([config.turn_v6_address] if config.turn_v6_address and _has_ipv6() else [])
+    return [config.turn_address] + ([config.turn_v6_address] if config.turn_v6_address and has_ipv6() else [])
 
 
 def claim_ports(config: Config) -> Config:
@@ -117,23 +107,6 @@ def claim_ports(config: Config) -> Config:
     return config.replace(**ports)
 
 
-def _bind_stream(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def bind_listeners(config: Config) -> list[socket.socket]:
     """One worker's TURN (UDP and TCP) and TLS listening sockets with SO_REUSEPORT, on the ports claim_ports
     resolved. The alternate STUN sockets are left to the worker (Binding only: no state to keep on a worker)."""
@@ -145,7 +118,8 @@ def bind_listeners(config: Config) -> list[socket.socket]:
         for host in _listen_hosts(config):
             for kind, port in plan:
                 try:
-                    sockets.append(bind_udp(host, port, reuse_port=True) if kind == "UDP" else _bind_stream(host, port))
+                    bind = bind_udp if kind == "UDP" else bind_stream
+                    sockets.append(bind(host, port, reuse_port=True))
                 except OSError as error:
                     raise OSError(error.errno, f"cannot listen on {kind} {host}:{port}: {error.strerror}") from error
     except BaseException:

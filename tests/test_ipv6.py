@@ -139,7 +139,7 @@ async def test_ipv6_aioice_tcp_client_allocates(dual_config: Config) -> None:
 async def test_ipv6_unavailable_warns_and_serves_ipv4(
     dual_config: Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("pyturn.server._has_ipv6", lambda: False)
+    monkeypatch.setattr("pyturn.server.has_ipv6", lambda: False)
     with caplog.at_level(logging.WARNING, logger="pyturn.server"):
         async with Server(dual_config, users={USERNAME: PASSWORD}) as server:
             assert all(":" not in host for addresses in server.addresses.values() for host, _ in addresses)

@@ -25,9 +25,10 @@ from pyturn import (
     UserDB,
 )
 from pyturn.hooks import EventLog
-from pyturn.server import StartupError, _has_ipv6, loopback_config
+from pyturn.server import StartupError, loopback_config
 from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message, long_term_key
 from pyturn.testing import self_signed_certificate, server_ssl_context
+from pyturn.transport import has_ipv6
 
 USERNAME = "alice"
 PASSWORD = "wonderland"
@@ -158,7 +159,7 @@ async def test_server_turn_uris_follow_rfc_7065(tmp_path: Path) -> None:
         assert server.turn_uris(("tls",), host="localhost") == [f"turns:localhost:{tls_port}?transport=tcp"]
 
 
-@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
 async def test_server_turn_uris_bracket_ipv6_hosts() -> None:
     async with pyturn.Server(loopback_config(turn_v6_address="::1"), users={USERNAME: PASSWORD}) as server:
         port = server.addresses["udp"][0][1]
