@@ -77,6 +77,7 @@ class DeadlineKind(Enum):
     PERMISSION = 2
     CHANNEL = 3
     RESERVATION = 4
+    RESPONSES = 5  # an allocation's retransmission cache, emptied when its answers lapse
 
 
 DeadlineCheck = Callable[[float, DeadlineKind, Any, Any], bool]

@@ -407,7 +407,9 @@ class TurnServerCore:
                 self._ports.release(self._reservations.pop(item).port)
                 continue
             allocation: Allocation = owner
-            if kind is DeadlineKind.ALLOCATION:
+            if kind is DeadlineKind.RESPONSES:
+                self._expire_responses(allocation, now)
+            elif kind is DeadlineKind.ALLOCATION:
                 actions.extend(self._delete(allocation, "expired"))
             elif kind is DeadlineKind.PERMISSION:
                 del allocation.permissions[item]
@@ -426,6 +428,15 @@ class TurnServerCore:
             self._limiter.prune(now)
         return actions
 
+    def _expire_responses(self, allocation: Allocation, now: float) -> None:
+        """Drop the cached answers that have lapsed, so an idle allocation holds none (memory per allocation)."""
+        responses = allocation.responses
+        for tid in [tid for tid, (keep_until, _) in responses.items() if keep_until <= now]:
+            del responses[tid]
+        if responses:
+            first = min(keep_until for keep_until, _ in responses.values())
+            self._deadlines.push(first, DeadlineKind.RESPONSES, allocation)
+
     def _deadline_current(self, deadline: float, kind: DeadlineKind, owner: Any, item: Any) -> bool:
         """Whether a deadline-heap entry still describes its object (not refreshed since, not deleted)."""
         if kind is DeadlineKind.RESERVATION:
@@ -434,6 +445,8 @@ class TurnServerCore:
         allocation: Allocation = owner
         if self._allocations.get(allocation.five_tuple) is not allocation:
             return False
+        if kind is DeadlineKind.RESPONSES:
+            return bool(allocation.responses)
         if kind is DeadlineKind.ALLOCATION:
             return allocation.expires == deadline
         if kind is DeadlineKind.PERMISSION:
@@ -907,7 +920,9 @@ class TurnServerCore:
             allocation = self._allocations.get(five_tuple)
             if allocation is not None:
                 responses = allocation.responses
-                if len(responses) >= RESPONSES_KEPT:
+                if not responses:
+                    self._deadlines.push(self._now + RESPONSE_CACHE_LIFETIME, DeadlineKind.RESPONSES, allocation)
+                elif len(responses) >= RESPONSES_KEPT:
                     del responses[next(iter(responses))]  # the oldest
                 responses[request.transaction_id] = (self._now + RESPONSE_CACHE_LIFETIME, data)
         return SendToClient(five_tuple, data)

@@ -39,3 +39,17 @@ def test_core_memory_refreshes_do_not_grow_the_heap_without_bound() -> None:
         client.channel_bind(0x4000)
     assert len(harness.core._deadlines) <= 2 * 3 + COMPACT_SLACK + 3
     assert harness.core.allocations  # still alive: the refreshes worked
+
+
+def test_core_memory_idle_allocation_drops_its_cached_answers() -> None:
+    harness = Harness()
+    client = harness.client()
+    client.allocate()
+    client.channel_bind(0x4000)
+    assert len(client.allocation.responses) == 2
+    harness.advance(9.9)
+    harness.tick()
+    assert len(client.allocation.responses) == 2  # a retransmission may still come
+    harness.advance(0.2)
+    harness.tick()
+    assert client.allocation.responses == {}
