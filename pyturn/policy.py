@@ -111,6 +111,9 @@ def _normalised_address(text: str) -> str:
     return str(_spellings(address)[-1])
 
 
+ANSWERS_KEPT = 4096  # bounds is_allowed's memo; cleared whole when full (a flood of distinct peers is cheap to redo)
+
+
 @dataclass(frozen=True, slots=True)
 class PeerPolicy:
     """Which peer IP addresses may be relayed to; see the module docstring for the rules."""
@@ -122,6 +125,9 @@ class PeerPolicy:
     _denied_v6: _MaskTable = field(init=False, repr=False, compare=False)
     _allowed_v4: _MaskTable = field(init=False, repr=False, compare=False)
     _allowed_v6: _MaskTable = field(init=False, repr=False, compare=False)
+    # Answers already worked out, per IP string: parsing and the spelling checks cost ~20 µs, and a client asks
+    # about the same few peers again and again (every ChannelBind refresh and CreatePermission).
+    _answers: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen dataclass: derived fields are set once, here
@@ -143,6 +149,16 @@ class PeerPolicy:
 
     def is_allowed(self, ip: str | IPAddress) -> bool:
         """Whether a peer at this IP may be relayed to. Never raises: anything unparsable is denied."""
+        if isinstance(ip, str):
+            answer = self._answers.get(ip)
+            if answer is None:
+                if len(self._answers) >= ANSWERS_KEPT:
+                    self._answers.clear()
+                answer = self._answers[ip] = self._decide(ip)
+            return answer
+        return self._decide(ip)
+
+    def _decide(self, ip: str | IPAddress) -> bool:
         if isinstance(ip, IPv4Address | IPv6Address):
             address: IPAddress = ip
         elif isinstance(ip, str):  # ip_address would also take ints and packed bytes: not an address string
