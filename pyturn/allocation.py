@@ -55,7 +55,6 @@ class Allocation:
     dont_fragment: bool = False
     permissions: dict[str, float] = field(default_factory=dict)
     channels: dict[int, ChannelBinding] = field(default_factory=dict)
-    peer_channels: dict[Address, ChannelBinding] = field(default_factory=dict)
     # Fast path views kept in step with the two tables above: peer -> channel number for the live bindings
     # whose peer still has a permission (used by the adapter for peer -> client ChannelData).
     channel_for_peer: dict[Address, int] = field(default_factory=dict)

@@ -179,9 +179,15 @@ class _PendingAllocation:
     host: str
     port: int
     dont_fragment: bool
+    even: bool
     reserve_next: bool
     from_reservation: bool
     attempts: int = 1
+
+    def release_ports(self, ports: PortPool) -> None:
+        ports.release(self.port)
+        if self.reserve_next:
+            ports.release(self.port + 1)
 
 
 @dataclass(slots=True)
@@ -319,8 +325,11 @@ class TurnServerCore:
         """The adapter bound the relay socket asked for by OpenRelay(token); `bound` is its local address."""
         self._now = now
         pending = self._pending.pop(token, None)
-        five_tuple = pending.five_tuple if pending is not None else None
-        if pending is None or five_tuple is None or five_tuple in self._allocations:
+        if pending is None:
+            return [CloseRelay(handle)]
+        five_tuple = pending.five_tuple
+        if five_tuple in self._allocations:  # only an adapter that binds asynchronously could get here
+            pending.release_ports(self._ports)
             return [CloseRelay(handle)]
         reservation_token: bytes | None = None
         if pending.reserve_next:
@@ -373,16 +382,14 @@ class TurnServerCore:
             if pending.reserve_next:
                 self._ports.release(pending.port + 1)
             if not pending.from_reservation and pending.attempts < OPEN_RELAY_ATTEMPTS:
-                port = self._ports.take(now, even=pending.reserve_next, with_next=pending.reserve_next)
+                port = self._ports.take(now, even=pending.even, with_next=pending.reserve_next)
                 if port is not None:
                     pending.port = port
                     pending.attempts += 1
                     return [self._open_relay(pending)]
             error = TurnError(508, "Insufficient Capacity")
         else:
-            self._ports.release(pending.port)
-            if pending.reserve_next:
-                self._ports.release(pending.port + 1)
+            pending.release_ports(self._ports)
             if failure is RelayFailure.FAMILY_UNAVAILABLE:
                 error = TurnError(440, "Address Family not Supported")
             else:
@@ -400,6 +407,7 @@ class TurnServerCore:
 
     def tick(self, now: float) -> list[Action]:
         """Expire whatever is due; call about once a second."""
+        self._now = now
         actions: list[Action] = []
         for kind, owner, item in self._deadlines.pop_due(now):
             # pop_due only yields deadlines that are still current (see _deadline_current).
@@ -417,7 +425,6 @@ class TurnServerCore:
             else:
                 binding: ChannelBinding = item
                 del allocation.channels[binding.channel]
-                del allocation.peer_channels[binding.peer]
                 # _sync_routes only visits live channels: drop this one's fast-path entry here.
                 five_tuple = allocation.five_tuple
                 table = self.routes(five_tuple.transport, five_tuple.server)
@@ -433,7 +440,9 @@ class TurnServerCore:
         responses = allocation.responses
         for tid in [tid for tid, (keep_until, _) in responses.items() if keep_until <= now]:
             del responses[tid]
-        if responses:
+        if not responses:
+            allocation.responses = {}  # an emptied dict keeps its table; a new one does not
+        else:
             first = min(keep_until for keep_until, _ in responses.values())
             self._deadlines.push(first, DeadlineKind.RESPONSES, allocation)
 
@@ -488,9 +497,7 @@ class TurnServerCore:
             return actions
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
-            response = self._error(request, TurnError(420, "Unknown Attribute"))
-            response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(request.unknown_required))
-            return [self._reply(request, response, five_tuple, credentials.key)]
+            return [self._reply(request, self._unknown_attributes(request), five_tuple, credentials.key)]
         try:
             return handler(self, request, five_tuple, credentials, allocation, now)
         except TurnError as error:
@@ -520,9 +527,7 @@ class TurnServerCore:
         """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (reTurn.md §6.3)."""
         client = five_tuple.client
         if request.unknown_required:
-            response = self._error(request, TurnError(420, "Unknown Attribute"))
-            response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(request.unknown_required))
-            return [self._reply(request, response, five_tuple, None)]
+            return [self._reply(request, self._unknown_attributes(request), five_tuple, None)]
         if self._alternate is None and not request.classic and request.has(Attr.CHANGE_REQUEST):
             # RFC 5780 §6.1: without an alternate address CHANGE-REQUEST cannot be honoured -> 420. Classic RFC 3489
             # clients get their answer with the flag ignored, as reTurn does.
@@ -618,6 +623,7 @@ class TurnServerCore:
             host=self._relay_host(family, five_tuple),
             port=port,
             dont_fragment=request.has(Attr.DONT_FRAGMENT),
+            even=even_port is not None,
             reserve_next=reserve_next,
             from_reservation=token is not None,
         )
@@ -695,9 +701,8 @@ class TurnServerCore:
         bound = allocation.channels.get(channel)
         if bound is not None and bound.peer != peer:
             raise TurnError(400, "Bad Request")  # channel bound to another peer
-        other = allocation.peer_channels.get(peer)
-        if other is not None and other.channel != channel:
-            raise TurnError(400, "Bad Request")  # peer bound to another channel
+        if bound is None and any(binding.peer == peer for binding in allocation.channels.values()):
+            raise TurnError(400, "Bad Request")  # peer bound to another channel (at most a few dozen to scan)
         config = self.config
         if bound is None and config.max_channels_per_allocation and (
             len(allocation.channels) >= config.max_channels_per_allocation
@@ -713,7 +718,6 @@ class TurnServerCore:
         if bound is None:
             bound = ChannelBinding(channel, peer, now + CHANNEL_LIFETIME)
             allocation.channels[channel] = bound
-            allocation.peer_channels[peer] = bound
             actions.append(ChannelBound(five_tuple, channel, peer))
         else:
             bound.expires = now + CHANNEL_LIFETIME
@@ -845,7 +849,6 @@ class TurnServerCore:
         # Stale deadline entries may still point at this object until the heap is compacted: hold nothing big.
         allocation.relay_handle = None
         allocation.channels.clear()
-        allocation.peer_channels.clear()
         allocation.permissions.clear()
         allocation.responses.clear()
         return [CloseRelay(handle), AllocationDeleted(five_tuple, reason, handle)]
@@ -889,6 +892,13 @@ class TurnServerCore:
     @staticmethod
     def _success(request: Message) -> Message:
         return Message(request.method, MessageClass.SUCCESS, request.transaction_id)
+
+    @classmethod
+    def _unknown_attributes(cls, request: Message) -> Message:
+        """RFC 8489 §6.3.1.1: 420 listing each unknown comprehension-required attribute once."""
+        response = cls._error(request, TurnError(420, "Unknown Attribute"))
+        response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(dict.fromkeys(request.unknown_required)))
+        return response
 
     @staticmethod
     def _error(request: Message, error: TurnError) -> Message:

@@ -376,6 +376,16 @@ def test_core_allocate_port_in_use_is_retried_on_another_port() -> None:
     assert len(tried) == len(set(tried))  # never the same busy port twice
 
 
+def test_core_allocate_even_port_retry_stays_even() -> None:
+    # EVEN-PORT R=0: a retry after a port in use must still be an even port (RFC 8656 §7.2 step 4).
+    harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50007))
+    harness.busy_ports = {50000, 50002, 50004}
+    result = harness.client().allocate((Attr.EVEN_PORT, False))
+    assert result.response.msg_class is MessageClass.SUCCESS
+    assert relayed_port(result) == 50006
+    assert all(action.port % 2 == 0 for action in result.of(OpenRelay))
+
+
 def test_core_allocate_port_in_use_everywhere_gets_508() -> None:
     harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50003))
     harness.busy_ports = {50000, 50001, 50002, 50003}

@@ -78,7 +78,7 @@ def check_invariants(core: TurnServerCore, now: float) -> None:
         assert core.allocation_for_handle(allocation.relay_handle) is allocation
         for channel, binding in allocation.channels.items():
             assert binding.channel == channel
-            assert allocation.peer_channels[binding.peer] is binding
+            assert [other.peer for other in allocation.channels.values()].count(binding.peer) == 1
         for peer, channel in allocation.channel_for_peer.items():
             assert allocation.channels[channel].peer == peer
     assert sum(core._per_user.values()) == len(allocations)
