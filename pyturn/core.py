@@ -64,7 +64,8 @@ FAMILY_IPV6 = 2
 CHANGE_IP = 0x04  # RFC 5780 §7.2 CHANGE-REQUEST flags
 CHANGE_PORT = 0x02
 OPEN_RELAY_ATTEMPTS = 16  # binds tried on other ports when another process holds the chosen one
-_TOKEN_BODY = struct.Struct("!HH")  # relay port, issue time (seconds, mod 2**16)
+_TOKEN_BODY = struct.Struct("!HHB")  # relay port, issue time (seconds, mod 2**16), address family
+_TOKEN_MAC = 3  # bytes of MAC in the 8-byte token: forging one only names a port, it authorises nothing
 AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
 
 
@@ -333,7 +334,7 @@ class TurnServerCore:
             return [CloseRelay(handle)]
         reservation_token: bytes | None = None
         if pending.reserve_next:
-            reservation_token = self._reservation_token(bound[1] + 1, now)
+            reservation_token = self._reservation_token(bound[1] + 1, pending.family, now)
             self._reservations[reservation_token] = _Reservation(bound[1] + 1, now + RESERVATION_LIFETIME)
             self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
         external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
@@ -609,7 +610,9 @@ class TurnServerCore:
         lifetime = self._lifetime(request)
         reserve_next = bool(even_port)
         if token is not None:
-            port: int | None = self._redeem(token, now)
+            # RFC 8656 §7.2: the relay takes the reserved port, in the family of the allocation that reserved it.
+            port: int | None
+            port, family = self._redeem(token, now)
         else:
             port = self._ports.take(now, even=even_port is not None, with_next=reserve_next)
         if port is None:
@@ -853,33 +856,35 @@ class TurnServerCore:
         allocation.responses.clear()
         return [CloseRelay(handle), AllocationDeleted(five_tuple, reason, handle)]
 
-    def _reservation_token(self, port: int, now: float) -> bytes:
-        """RFC 8656 §14.9 RESERVATION-TOKEN: port, issue time and a MAC, so any worker sharing the secret can
-        check a token another worker issued (SO_REUSEPORT may hash the RTCP allocation to another worker)."""
-        body = _TOKEN_BODY.pack(port, int(now) & 0xFFFF)
-        return body + hmac.new(self._secret, b"token" + body, sha256).digest()[:4]
+    def _reservation_token(self, port: int, family: int, now: float) -> bytes:
+        """RFC 8656 §14.9 RESERVATION-TOKEN: port, issue time, family and a MAC, so any worker sharing the secret
+        can check a token another worker issued (SO_REUSEPORT may hash the RTCP allocation to another worker)."""
+        body = _TOKEN_BODY.pack(port, int(now) & 0xFFFF, family)
+        return body + hmac.new(self._secret, b"token" + body, sha256).digest()[:_TOKEN_MAC]
 
-    def _redeem(self, token: bytes, now: float) -> int:
-        """The port a RESERVATION-TOKEN holds, or 508 for a forged, expired or already used token."""
-        if len(token) != 8 or not hmac.compare_digest(
-            token[4:], hmac.new(self._secret, b"token" + token[:4], sha256).digest()[:4]
+    def _redeem(self, token: bytes, now: float) -> tuple[int, int]:
+        """The (port, address family) a RESERVATION-TOKEN holds, or 508 for a forged, expired or used token."""
+        size = _TOKEN_BODY.size
+        if len(token) != size + _TOKEN_MAC or not hmac.compare_digest(
+            token[size:], hmac.new(self._secret, b"token" + token[:size], sha256).digest()[:_TOKEN_MAC]
         ):
             raise TurnError(508, "Insufficient Capacity")
         port: int
         issued: int
-        port, issued = _TOKEN_BODY.unpack(token[:4])
+        family: int
+        port, issued, family = _TOKEN_BODY.unpack(token[:size])
         if (int(now) - issued) & 0xFFFF > RESERVATION_LIFETIME:
             raise TurnError(508, "Insufficient Capacity")
         reservation = self._reservations.pop(token, None)
         if reservation is not None:
             if reservation.expires <= now:
                 raise TurnError(508, "Insufficient Capacity")
-            return reservation.port  # already held by the pool since the even allocation
+            return reservation.port, family  # the port is held by the pool since the even allocation
         config = self.config
         if config.allocation_port_range_min <= port <= config.allocation_port_range_max:
             raise TurnError(508, "Insufficient Capacity")  # ours, and already redeemed or released
         # Issued by another worker (another slice of the range): its bind tells whether the port is still free.
-        return port
+        return port, family
 
     def _release_reservation(self, port: int) -> None:
         for token, reservation in list(self._reservations.items()):

@@ -228,9 +228,10 @@ def run_pyturn_cli(*arguments: str, timeout: float = 20.0, cwd: Path | None = No
 # ------------------------------------------------------------------------------------------- coturn tools
 @contextlib.contextmanager
 def turnutils_peer(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """coturn's UDP echo peer on 127.0.0.1:port (and port+1)."""
+    """coturn's UDP echo peer on 127.0.0.1:port (and port+1), and on ::1 too when the host has IPv6."""
     tool = require_tool("turnutils_peer")
-    process = subprocess.Popen([tool, "-L", LOOPBACK, "-p", str(port)], stdout=subprocess.DEVNULL,
+    listen = ["-L", LOOPBACK, *(["-L", LOOPBACK_V6] if has_ipv6() else [])]
+    process = subprocess.Popen([tool, *listen, "-p", str(port)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + SERVER_READY_TIMEOUT

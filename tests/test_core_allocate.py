@@ -311,6 +311,30 @@ def test_core_allocate_reserved_port_is_not_handed_out_to_others() -> None:
     assert harness.client(client=("203.0.113.30", 9)).allocate().error_code == 508
 
 
+def test_core_allocate_reservation_keeps_the_family_of_the_reserving_allocation() -> None:
+    # RFC 8656 §7.2 / RFC 6156 §4.2: the token request may not name a family, yet its relay must be the reserved
+    # port in the reserving allocation's family (turnutils_uclient -x pairs RTP/RTCP this way).
+    harness = Harness()
+    first = harness.client().allocate((Attr.EVEN_PORT, True), (Attr.REQUESTED_ADDRESS_FAMILY, 2))
+    token = first.response.get(Attr.RESERVATION_TOKEN)
+    second = harness.client(client=("203.0.113.10", 40001)).allocate((Attr.RESERVATION_TOKEN, token))
+    relay = second.one(OpenRelay)
+    assert relay.family == 2 and relay.port == relayed_port(first) + 1
+    assert ":" in second.response.get(Attr.XOR_RELAYED_ADDRESS)[0]
+
+
+def test_core_allocate_reservation_token_from_another_worker_is_redeemed_by_mac() -> None:
+    # Two cores sharing the secret, with separate port slices, as Workers = 2 runs them.
+    issuer = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50099))
+    redeemer = Harness(make_config(allocation_port_range_min=50100, allocation_port_range_max=50199))
+    token = issuer.client().allocate((Attr.EVEN_PORT, True)).response.get(Attr.RESERVATION_TOKEN)
+    result = redeemer.client(client=("203.0.113.10", 40001)).allocate((Attr.RESERVATION_TOKEN, token))
+    assert result.response.msg_class is MessageClass.SUCCESS
+    assert 50000 <= relayed_port(result) <= 50099
+    forged = token[:-1] + bytes([token[-1] ^ 1])
+    assert redeemer.client(client=("203.0.113.10", 40002)).allocate((Attr.RESERVATION_TOKEN, forged)).error_code == 508
+
+
 def test_core_allocate_reservation_expires_after_thirty_seconds() -> None:
     harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50001))
     result = harness.client().allocate((Attr.EVEN_PORT, True))

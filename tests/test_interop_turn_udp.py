@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from interop import (
     LOOPBACK,
+    LOOPBACK_V6,
     PASSWORD,
     USERNAME,
     MiniTurnClient,
@@ -22,6 +23,7 @@ from interop import (
     UclientReport,
     free_port,
     free_udp_port_pair,
+    has_ipv6,
     open_fd_count,
     parse_uclient,
     python_module_available,
@@ -216,6 +218,22 @@ def test_interop_uclient_relays_every_message(uclient_setup: tuple[PyturnProcess
     assert (report.sent, report.received, report.lost) == (expected, expected, 0), report.output[-3000:]
     assert report.send_dropped == 0
     assert report.lost_percent == 0.0
+
+
+def test_interop_uclient_ipv6_relays_keep_their_family_across_the_reservation(
+    uclient_setup: tuple[PyturnProcess, int],
+) -> None:
+    # -x asks for IPv6 relays (RFC 6156 REQUESTED-ADDRESS-FAMILY) from the IPv4 listener; the RTCP allocation
+    # presents only the RESERVATION-TOKEN and must still get an IPv6 relay (RFC 8656 §7.2).
+    if not has_ipv6():
+        pytest.skip("no IPv6 loopback on this host")
+    server, peer_port = uclient_setup
+    report = run_uclient([
+        "-x", "-e", LOOPBACK_V6, "-r", str(peer_port), "-u", USERNAME, "-w", PASSWORD, "-p", str(server.port),
+        "-n", "100", "-m", "2", "-l", "170", LOOPBACK,
+    ], timeout=UCLIENT_TIMEOUT)
+    assert report.sent == report.received == 2 * 100
+    assert report.lost == 0
 
 
 def test_interop_uclient_rtcp_allocation_uses_reservation_token(uclient_setup: tuple[PyturnProcess, int]) -> None:
