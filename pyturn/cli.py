@@ -80,13 +80,14 @@ def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
             config_path = argument.split("=", 1)[1]
         elif argument == "--check-config":
             check = True
-        elif not argument.startswith(("-", "/")) or (config_path is None and not overrides and os.path.exists(argument)
-                                                     and argument.startswith("/") and "=" not in argument):
-            if config_path is not None:
-                raise UsageError(f"unexpected argument {argument!r}: the configuration file is {config_path!r}")
+        elif index == 1 and not argument.startswith("-"):
+            config_path = argument  # reTurn: a first argument not starting with '-' is the file, '/etc/...' too
+        elif argument.startswith(("-", "/")):
+            overrides.append(argument)  # reTurn strips leading '-' and '/': --Key=Value, -Key=Value, /Key=Value
+        elif config_path is None:
             config_path = argument
         else:
-            overrides.append(argument)
+            raise UsageError(f"unexpected argument {argument!r}: the configuration file is {config_path!r}")
     return (config_path or DEFAULT_CONFIG), overrides, check
 
 

@@ -1,0 +1,30 @@
+"""reTurnServer's command line (reTurn.md §1.1): first argument = file, then --Key=Value / -Key=Value / /Key=Value."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyturn.cli import DEFAULT_CONFIG, UsageError, parse_arguments
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param([], (DEFAULT_CONFIG, [], False), id="default-file-in-cwd"),
+        pytest.param(["/etc/reTurn/reTurnServer.config", "--Daemonize=false"],
+                     ("/etc/reTurn/reTurnServer.config", ["--Daemonize=false"], False), id="debian-unit-form"),
+        pytest.param(["reTurnServer.config", "-LogLevel:DEBUG", "/TurnPort=3479"],
+                     ("reTurnServer.config", ["-LogLevel:DEBUG", "/TurnPort=3479"], False), id="all-prefixes"),
+        pytest.param(["-c", "a.config", "--TurnPort=1"], ("a.config", ["--TurnPort=1"], False), id="dash-c"),
+        pytest.param(["--check-config", "a.yaml"], ("a.yaml", [], True), id="check-config-first"),
+        pytest.param(["--TurnPort=1"], (DEFAULT_CONFIG, ["--TurnPort=1"], False), id="override-only"),
+    ],
+)
+def test_cli_parse_arguments(argv: list[str], expected: tuple[str, list[str], bool]) -> None:
+    assert parse_arguments(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [["a.config", "b.config"], ["-c"]], ids=["two-files", "dash-c-without-file"])
+def test_cli_parse_arguments_refuses(argv: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse_arguments(argv)
