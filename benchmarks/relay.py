@@ -343,6 +343,24 @@ class RunContext:
         return f"[{self.scenario.name} {self.server} clients={self.clients} round {self.round + 1}]"
 
 
+def _start_clients(
+    context: RunContext,
+    port: int,
+    peers: list[tuple[str, int]],
+    pipes: EventPipes,
+    started: list[coturn.ManagedProcess],
+) -> dict[str, coturn.ManagedProcess]:
+    """One load generator process per client spec, all reporting on `pipes`."""
+    scenario = context.scenario
+    clients: dict[str, coturn.ManagedProcess] = {}
+    for index, spec in enumerate(_client_specs(context, port, peers)):
+        name = f"clients{index}"
+        clients[name] = start_loadgen(
+            name, ["clients", "--spec", json.dumps(spec), "--setup-timeout", str(scenario.setup_timeout)],
+            pipes, started, scenario.fd_limit)
+    return clients
+
+
 def _client_specs(context: RunContext, server_port: int, peers: list[tuple[str, int]]) -> list[dict[str, Any]]:
     scenario = context.scenario
     count = context.clients
@@ -394,12 +412,7 @@ def run_relay(context: RunContext, server: ServerHandle, started: list[coturn.Ma
                              scenario.fd_limit)
         ports = _wait_for(pipes, {"echo"}, "ports", time.monotonic() + 15, context)["echo"]["ports"]
         peers = [("127.0.0.1", int(port)) for port in ports]
-        clients: dict[str, coturn.ManagedProcess] = {}
-        for index, spec in enumerate(_client_specs(context, server.port, peers)):
-            name = f"clients{index}"
-            clients[name] = start_loadgen(
-                name, ["clients", "--spec", json.dumps(spec), "--setup-timeout", str(scenario.setup_timeout)],
-                pipes, started, scenario.fd_limit)
+        clients = _start_clients(context, server.port, peers, pipes, started)
         ready = _wait_for(pipes, set(clients), "ready", time.monotonic() + scenario.setup_timeout + 15, context)
         allocations_ok = sum(int(r["allocations_ok"]) for r in ready.values())
         if allocations_ok == 0:
@@ -489,12 +502,7 @@ def run_setup(context: RunContext, server: ServerHandle, started: list[coturn.Ma
     try:
         before = procstat.sample_tree(server.process.pid)
         peers = [("127.0.0.1", 9)]  # ChannelBind needs a peer address, not a listening peer
-        clients: dict[str, coturn.ManagedProcess] = {}
-        for index, spec in enumerate(_client_specs(context, server.port, peers)):
-            name = f"clients{index}"
-            clients[name] = start_loadgen(
-                name, ["clients", "--spec", json.dumps(spec), "--setup-timeout", str(scenario.setup_timeout)],
-                pipes, started, scenario.fd_limit)
+        clients = _start_clients(context, server.port, peers, pipes, started)
         ready = _wait_for(pipes, set(clients), "ready", time.monotonic() + scenario.setup_timeout + 15, context)
         after_setup = procstat.sample_tree(server.process.pid)
         hold_until = time.monotonic() + scenario.hold

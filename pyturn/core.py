@@ -111,13 +111,6 @@ class SendToPeer:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class CloseClient:
-    """Close a TCP/TLS client connection."""
-
-    five_tuple: FiveTuple
-
-
 # ------------------------------------------------------------------------------------------------ events
 @dataclass(frozen=True, slots=True)
 class AllocationCreated:
@@ -161,7 +154,7 @@ class AuthFailed:
 
 
 Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
-Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | CloseClient | Event
+Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | Event
 
 
 class RelayFailure(Enum):

@@ -142,7 +142,6 @@ class Server:
     ) -> None:
         self.config = config if config is not None else loopback_config()
         self._listen_sockets = {_listen_key(sock.type, *sock.getsockname()[:2]): sock for sock in listen_sockets}
-        self._on_event = on_event
         unknown = set(transports) - set(TRANSPORTS)
         if unknown:
             raise PyturnError(f"unknown transports {sorted(unknown)}: choose among {TRANSPORTS}")
@@ -520,6 +519,3 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<pyturn.Server {self.addresses}>"
-
-    def _state(self) -> dict[str, Any]:
-        return {"started": self._started, "closed": self._closed}

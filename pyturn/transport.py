@@ -21,7 +21,6 @@ from typing import Any
 from pyturn.allocation import FiveTuple, Transport
 from pyturn.core import (
     Action,
-    CloseClient,
     CloseRelay,
     OpenRelay,
     RelayFailure,
@@ -231,10 +230,6 @@ class Runtime:
                 listener = self.udp_listeners.get(action.source)  # type: ignore[union-attr]
                 if listener is not None:
                     listener.send(action.data, action.destination)  # type: ignore[union-attr]
-            elif kind is CloseClient:
-                stream = self.streams.get(action.five_tuple)  # type: ignore[union-attr]
-                if stream is not None:
-                    stream.close()
             elif self.on_event is not None:
                 try:
                     self.on_event(action)
