@@ -36,6 +36,7 @@ _COMBINE = {
     "process_start_time_seconds": min,
     "process_max_fds": max,
     "pyturn_user_reload_last_success_timestamp_seconds": min,  # the oldest users in force among the workers
+    "pyturn_users": max,  # every worker loads the same user file
 }
 
 
