@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import time
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from interop import PASSWORD, USERNAME, MiniTurnClient, TurnRequestFailed, start_echo_peer
@@ -21,7 +23,17 @@ from pyturn import http_endpoint
 from pyturn.config import load_config
 from pyturn.errors import ConfigError
 from pyturn.server import Server
-from pyturn.stun import Attr, MessageClass, Method, decode_message, encode_channel_data
+from pyturn.stun import (
+    Attr,
+    Message,
+    MessageClass,
+    Method,
+    StreamFramer,
+    decode_message,
+    encode_channel_data,
+    encode_message,
+    long_term_key,
+)
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "conf" / "grafana-pyturn.json"
 WAIT = 5.0
@@ -365,3 +377,61 @@ async def test_dashboard_queries_only_metrics_pyturn_exports(server: Server) -> 
     for topic in ("allocations", "relayed", "error", "auth", "port"):
         assert topic in panels, topic
 
+
+
+class StreamTurnClient:
+    """Just enough TURN over TCP for counting: long-term credentials, framed with pyturn.stun.StreamFramer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.framer = StreamFramer()
+        self.frames: list[bytes] = []
+        self.nonce: str | None = None
+        self.realm: str | None = None
+
+    async def frame(self) -> bytes:
+        while not self.frames:
+            data = await asyncio.wait_for(self.reader.read(65536), WAIT)
+            assert data, "the server closed the connection"
+            self.frames.extend(self.framer.feed(data))
+        return self.frames.pop(0)
+
+    async def request(self, method: int, *attributes: tuple[int, Any]) -> Message:
+        for _ in range(2):
+            message = Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes))
+            key = None
+            if self.nonce is not None:
+                assert self.realm is not None
+                message.add(Attr.USERNAME, USERNAME).add(Attr.REALM, self.realm).add(Attr.NONCE, self.nonce)
+                key = long_term_key(USERNAME, self.realm, PASSWORD)
+            self.writer.write(encode_message(message, integrity_key=key))
+            response = decode_message(await self.frame())
+            if response.msg_class is MessageClass.SUCCESS:
+                return response
+            self.nonce, self.realm = response.get(Attr.NONCE), response.get(Attr.REALM)
+        raise AssertionError(f"request 0x{method:x} failed: {response.get(Attr.ERROR_CODE)}")
+
+
+async def test_metrics_count_tcp_relaying_exactly(server: Server) -> None:
+    transport, _ = await start_echo_peer()
+    peer = transport.get_extra_info("sockname")[:2]
+    reader, writer = await asyncio.open_connection(*server.addresses["tcp"][0])
+    try:
+        client = StreamTurnClient(reader, writer)
+        await client.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17))
+        await client.request(Method.CHANNEL_BIND, (Attr.CHANNEL_NUMBER, CHANNEL), (Attr.XOR_PEER_ADDRESS, peer))
+        # 9 ChannelData frames of 101 bytes (padded to 4, RFC 8656 §12.5) in one write: one read, one batch.
+        writer.write(b"".join(encode_channel_data(CHANNEL, bytes([index]) * 101, pad=True) for index in range(9)))
+        echoes = [await client.frame() for _ in range(9)]
+        assert all(len(frame) == 4 + 101 for frame in echoes)
+        series = await scrape(metrics_address(server))
+    finally:
+        writer.transport.abort()
+        transport.close()
+    for direction in ("client_to_peer", "peer_to_client"):
+        assert value(series, "pyturn_relayed_packets_total", direction=direction, transport="tcp") == 9
+        assert value(series, "pyturn_relayed_bytes_total", direction=direction, transport="tcp") == 909
+        assert value(series, "pyturn_relayed_packets_total", direction=direction, transport="udp") == 0
+    assert value(series, "pyturn_allocations", transport="tcp", family="ipv4") == 1
+    assert value(series, "pyturn_stream_connections", transport="tcp") == 1
