@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -116,3 +119,28 @@ async def test_workers_metrics_report_the_sum_of_all_workers(tmp_path: Path) -> 
     assert value(series, "pyturn_requests_total", method="create_permission") == 2
     assert status.returncode == EXIT_OK, status.stderr
     assert "workers      2 of 2 reporting, 2 ready" in status.stdout
+
+
+def test_workers_metrics_survive_the_restart_of_either_worker(tmp_path: Path) -> None:
+    """The master keeps the metrics socket and the socketpairs, so a restarted worker 0 serves the sum again and
+    a restarted worker 1 answers worker 0 again."""
+    port, metrics_port = free_port(), free_tcp_port()
+    address = (LOOPBACK, metrics_port)
+    config = write_config(tmp_path, port, extra={
+        "Workers": 2, "AllocationPortRangeMin": RELAY_LOW, "AllocationPortRangeMax": RELAY_HIGH,
+        "MetricsPort": metrics_port,
+    })
+    pattern = re.compile(r"worker (\d+) started \(pid (\d+),")
+    with pyturn_process(config, port) as server:
+        wait_ready(address)
+        for index in (1, 0):
+            pids = {int(worker): int(pid) for worker, pid in pattern.findall(server.log())}
+            os.kill(pids[index], signal.SIGKILL)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while {int(w): int(p) for w, p in pattern.findall(server.log())}[index] == pids[index]:
+                assert time.monotonic() < deadline, f"worker {index} was not restarted"
+                time.sleep(0.05)
+            wait_ready(address)
+            series = asyncio.run(scrape(address))
+            assert value(series, "pyturn_workers_reporting") == 2
+            assert value(series, "pyturn_relay_ports", state="free") == 1000
