@@ -16,7 +16,6 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -42,15 +41,6 @@ SCRAPES_PER_SECOND = 20  # /metrics renders allowed per second (a burst of as ma
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
-
-
-@dataclass(slots=True)
-class ReloadStats:
-    """User-file reloads the Server attempted, and the wall-clock time of the last one that took effect."""
-
-    successes: int = 0
-    failures: int = 0
-    last_success: float = 0.0
 
 
 class ServerCollector(Collector):

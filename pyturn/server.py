@@ -24,6 +24,7 @@ from pyturn.config import Config
 from pyturn.core import Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
+from pyturn.stats import ReloadStats
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.transport import (
@@ -168,8 +169,6 @@ class Server:
         self._users_from_file = users is None
         self._user_db: UserDB | None = None
         self._user_file_mtime: float | None = None  # set by the first load, before the watcher compares with it
-        from pyturn.metrics import ReloadStats
-
         self.reload_stats = ReloadStats()
         self._lookup = self._initial_lookup(users)
         self.reload_stats.last_success = time.time()

@@ -7,6 +7,8 @@ the published label sets stay bounded whatever clients send.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyturn.stun import Method
 
 # STUN methods a label may name (RFC 8489 §18.2, RFC 8656 §17, RFC 3489 §11.1); any other method is "other".
@@ -81,3 +83,12 @@ class RelayCounter:
     def __init__(self) -> None:
         self.packets = 0
         self.octets = 0
+
+
+@dataclass(slots=True)
+class ReloadStats:
+    """User reloads a Server attempted, and the wall-clock time (given by the Server) of the last good load."""
+
+    successes: int = 0
+    failures: int = 0
+    last_success: float = 0.0
