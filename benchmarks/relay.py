@@ -782,8 +782,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
                              "WARNING, coturn to /dev/null")
     parser.add_argument("--coturn-relay-threads", default="match",
                         help="match (default: as many as pyturn has Workers), auto (coturn's one per CPU) or N")
-    parser.add_argument("--out", help="output folder (default: benchmarks/results/<timestamp>; for results to "
-                                      "commit: benchmarks/results/YYYY-MM-DD)")
+    parser.add_argument("--out", help="output folder (default: benchmarks/results/local/<timestamp>, ignored by "
+                                      "git; for results to commit: benchmarks/results/YYYY-MM-DD)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw relay.png")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--list", action="store_true", help="list the scenario files and exit")
@@ -823,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("turnserver is not installed: pyturn only, no ratios\n")
     servers_of = {s.name: [v for v in (wanted_servers or s.servers) if v != "coturn" or have_coturn]
                   for s in scenarios}
-    out = Path(arguments.out) if arguments.out else HERE / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out = Path(arguments.out) if arguments.out else HERE / "results" / "local" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(arguments.quiet)
     gaps = method_gaps(scenarios, servers_of, settings)
