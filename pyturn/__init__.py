@@ -29,6 +29,7 @@ __all__ = [
     "__version__",
     "load_config",
     "loopback_config",
+    "rest_credentials",
     "run_in_thread",
 ]
 
@@ -41,6 +42,7 @@ from pyturn.core import (
     ChannelBound,
     PermissionInstalled,
 )
+from pyturn.credentials import rest_credentials
 from pyturn.errors import ConfigError, PyturnError, StunDecodeError, TurnError, UserDBError
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
 from pyturn.userdb import UserDB

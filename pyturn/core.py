@@ -151,6 +151,7 @@ class AuthFailed:
     five_tuple: FiveTuple
     code: int
     username: str | None
+    reason: str = ""  # "" or "expired" (shared-secret credentials past their EXPIRY); never the secret
 
 
 Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
@@ -487,7 +488,8 @@ class TurnServerCore:
         except TurnError as error:
             actions = self._refuse(request, five_tuple, error)
             if request.integrity_offset is not None:
-                actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME)))
+                failure = error.failure if isinstance(error, Challenge) else ""
+                actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME), failure))
             return actions
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:

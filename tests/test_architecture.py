@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-PURE_MODULES = ["stun", "auth", "userdb", "policy", "allocation", "ports", "ratelimit", "core", "config", "errors"]
+PURE_MODULES = ["stun", "auth", "userdb", "policy", "allocation", "ports", "ratelimit", "core", "config", "errors",
+                "sharedsecret"]
 BANNED = {"asyncio", "socket", "ssl", "signal", "time", "select", "selectors", "threading", "subprocess", "uvloop"}
 PACKAGE = Path(__file__).resolve().parent.parent / "pyturn"
 
