@@ -35,6 +35,7 @@ from pyturn.service import (
     notify_reloading,
     notify_stopping,
 )
+from pyturn.subcommands import COMMANDS, run_subcommand
 
 log = logging.getLogger("pyturn")
 
@@ -42,6 +43,9 @@ __all__ = ["EXIT_ALREADY_RUNNING", "EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EX
 DEFAULT_CONFIG = "reTurnServer.config"  # reTurn opens this in the current directory when no file is given
 
 USAGE = f"""usage: pyturn [-c] [CONFIG] [--Key=Value ...] [--check-config] [--version] [-h]
+       pyturn users add|passwd|delete|list FILE [USER] [--realm REALM] [--password-stdin]
+       pyturn credentials [-c CONFIG] [--secret-file FILE] [--user NAME] [--ttl SECONDS] [--json]
+       pyturn dns-records -c CONFIG --domain DOMAIN [--host NAME]
 
 pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configuration.
 
@@ -52,6 +56,9 @@ pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configu
   --check-config     print the effective configuration (secrets masked) and exit
   --version          print the version and exit
   -h, --help         this text
+
+  users, credentials, dns-records: helper commands, see `pyturn COMMAND --help`
+                     (a config file with one of these names: write ./users or -c users)
 
 exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up failure,
             75 already running (PidFile)
@@ -93,6 +100,8 @@ def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in COMMANDS:
+        return run_subcommand(arguments[0], arguments[1:])
     if any(a.lower() in ("-h", "--help", "-?", "--?", "/?") for a in arguments):
         sys.stdout.write(USAGE)
         return EXIT_OK
