@@ -70,3 +70,14 @@ def test_library_ice_servers_with_rest_credentials() -> None:
     server = Server(shared_secret="s")
     username, password = pyturn.rest_credentials("s", "carol")
     assert server.ice_servers(username, password) == [{"urls": [], "username": username, "credential": password}]
+
+
+async def test_library_expired_credentials_log_is_throttled(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="pyturn")
+    async with Server(shared_secret="s", transports=("udp",)) as server:
+        stale = pyturn.rest_credentials("s", "late", ttl=10, now=1_000_000)
+        for _ in range(20):
+            assert not await _allocates(server, *stale)
+    lines = [record.getMessage() for record in caplog.records if "expired credentials" in record.getMessage()]
+    assert len(lines) == 1 and stale[0] in lines[0]
+    assert all(stale[1] not in record.getMessage() for record in caplog.records)
