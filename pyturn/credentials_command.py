@@ -83,6 +83,11 @@ def main(argv: Sequence[str]) -> int:
             if config is None and not arguments.host:
                 parser.error("--json needs URIs: pass -c CONFIG, --host or --uri")
             uris = config_uris(config or Config(), arguments.host)
+        elif not uris and (config is not None or arguments.host):
+            try:
+                uris = config_uris(config or Config(), arguments.host)
+            except ConfigError:
+                uris = []  # a wildcard TurnAddress and no --host: the plain output does without URIs
     except SecretFileError as error:
         sys.stderr.write(f"pyturn credentials: {error}\n")
         return EXIT_NO_INPUT
