@@ -18,8 +18,9 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable, Sequence
+from typing import cast
 
-from pyturn.auth import KeyCandidates, TimedUserLookup, UserLookup
+from pyturn.auth import KeyCandidates, PlainUserLookup, UserLookup
 from pyturn.errors import PyturnError
 
 __all__ = [
@@ -137,12 +138,13 @@ class UsersAndSecrets:
 
     def keys_at(self, username: str, realm: str, now: float) -> KeyCandidates:
         users = self.users
-        if isinstance(users, TimedUserLookup):
-            known = users.keys_at(username, realm, now)
+        timed = getattr(users, "keys_at", None)  # not isinstance: a runtime Protocol check is slow
+        if timed is not None:
+            known: KeyCandidates = timed(username, realm, now)
             if known.keys:
                 return known
         elif users is not None:
-            key = users(username, realm)
+            key = cast(PlainUserLookup, users)(username, realm)
             if key is not None:
                 return KeyCandidates((key,))
         return self.secrets.keys_at(username, realm, now)
