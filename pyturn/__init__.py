@@ -17,12 +17,14 @@ __all__ = [
     "Config",
     "ConfigError",
     "Hooks",
+    "KeyCandidates",
     "PermissionInstalled",
     "PyturnError",
     "RelayedBytes",
     "Server",
     "StunDecodeError",
     "ThreadedServer",
+    "TimedUserLookup",
     "TurnError",
     "UserDB",
     "UserDBError",
@@ -33,6 +35,7 @@ __all__ = [
     "run_in_thread",
 ]
 
+from pyturn.auth import KeyCandidates, TimedUserLookup
 from pyturn.config import Config, load_config
 from pyturn.core import (
     AllocationCreated,
