@@ -73,7 +73,7 @@ def nginx(tmp_path: Path, web_site: int, pyturn_tls: int) -> Iterator[int]:
     binary = require_tool("nginx")
     listen = free_port(ipv6=False)
     snippet = (_readme_snippet()
-               .replace("127.0.0.1:5349", f"127.0.0.1:{pyturn_tls}")
+               .replace("192.0.2.10:5349", f"127.0.0.1:{pyturn_tls}")
                .replace("127.0.0.1:8443", f"127.0.0.1:{web_site}")
                .replace("listen 192.0.2.10:443;", f"listen 127.0.0.1:{listen};"))
     assert f"127.0.0.1:{listen}" in snippet and f":{pyturn_tls};" in snippet, snippet
