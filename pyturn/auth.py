@@ -14,12 +14,13 @@ from hashlib import sha256
 from typing import Protocol, cast, runtime_checkable
 
 from pyturn.errors import TurnError
+from pyturn.stats import BAD_INTEGRITY, EXPIRED_CREDENTIALS, STALE_NONCE, UNKNOWN_USER
 from pyturn.stun import Attr, Message, verify_integrity
 
 PlainUserLookup = Callable[[str, str], "bytes | None"]
 """(username, realm) -> the 16-byte long-term key (HA1), or None for an unknown user."""
 
-EXPIRED = "expired"
+EXPIRED = EXPIRED_CREDENTIALS
 """Challenge.failure (and AuthFailed.reason) of credentials that verify but whose time is over."""
 
 
@@ -103,12 +104,11 @@ class Credentials:
 
 
 class Challenge(TurnError):
-    """A TurnError whose response must carry REALM and a fresh NONCE (401, 438).
+    """A TurnError whose response must carry REALM and a fresh NONCE (401, 438); `failure` names the cause for
+    the metrics and the adapter's log (one of pyturn.stats.AUTH_FAILURE_REASONS, "" for a first request without
+    credentials); it never goes on the wire."""
 
-    ``failure`` says why for the adapter's log ("" or EXPIRED); it never goes on the wire.
-    """
-
-    def __init__(self, code: int, reason: str, *, failure: str = "") -> None:
+    def __init__(self, code: int, reason: str, failure: str = "") -> None:
         super().__init__(code, reason)
         self.failure = failure
 
@@ -132,7 +132,7 @@ def authenticate(
     # The nonce is checked before the user and the HMAC, as reTurn does: a stale nonce gets 438 even
     # with a wrong password (RFC 8489 §9.2.4 step 3 allows either order).
     if not nonces.is_fresh(nonce, now):
-        raise Challenge(438, "Stale Nonce")
+        raise Challenge(438, "Stale Nonce", STALE_NONCE)
     # getattr, not isinstance(lookup, TimedUserLookup): a runtime Protocol check costs ~17 µs per request.
     keys_at = getattr(lookup, "keys_at", None)
     if keys_at is not None:
@@ -142,10 +142,12 @@ def authenticate(
                 if candidates.expired:
                     # The right password for a username whose EXPIRY has passed (draft-uberti-behave-turn-rest-00
                     # §2.2): refused like a wrong one, but the log can tell the operator why.
-                    raise Challenge(401, "Unauthorized", failure=EXPIRED)
+                    raise Challenge(401, "Unauthorized", EXPIRED)
                 return Credentials(username, request_realm, key)
-        raise Challenge(401, "Unauthorized")
+        raise Challenge(401, "Unauthorized", BAD_INTEGRITY if candidates.keys else UNKNOWN_USER)
     plain_key = cast(PlainUserLookup, lookup)(username, request_realm)
-    if plain_key is None or not verify_integrity(request, plain_key):
-        raise Challenge(401, "Unauthorized")
+    if plain_key is None:
+        raise Challenge(401, "Unauthorized", UNKNOWN_USER)
+    if not verify_integrity(request, plain_key):
+        raise Challenge(401, "Unauthorized", BAD_INTEGRITY)
     return Credentials(username, request_realm, plain_key)

@@ -8,12 +8,13 @@ Exit codes (documented in README): 0 clean stop; 64 usage error; 78 configuratio
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyturn import __version__
 from pyturn.config import Config, ConfigWarning, load_config
@@ -35,7 +36,8 @@ from pyturn.service import (
     notify_reloading,
     notify_stopping,
 )
-from pyturn.subcommands import COMMANDS, run_subcommand
+from pyturn.subcommands import COMMANDS as HELPER_COMMANDS
+from pyturn.subcommands import run_subcommand
 
 log = logging.getLogger("pyturn")
 
@@ -43,6 +45,7 @@ __all__ = ["EXIT_ALREADY_RUNNING", "EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EX
 DEFAULT_CONFIG = "reTurnServer.config"  # reTurn opens this in the current directory when no file is given
 
 USAGE = f"""usage: pyturn [-c] [CONFIG] [--Key=Value ...] [--check-config] [--version] [-h]
+       pyturn status [-c CONFIG] [--interval SECONDS]   (a running server's metrics, summarised)
        pyturn users add|passwd|delete|list FILE [USER] [--realm REALM] [--password-stdin]
        pyturn credentials [-c CONFIG] [--secret-file FILE] [--user NAME] [--ttl SECONDS] [--json]
        pyturn dns-records -c CONFIG --domain DOMAIN [--host NAME]
@@ -57,7 +60,7 @@ pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configu
   --version          print the version and exit
   -h, --help         this text
 
-  users, credentials, dns-records: helper commands, see `pyturn COMMAND --help`
+  status, users, credentials, dns-records: subcommands, see `pyturn COMMAND --help`
                      (a config file with one of these names: write ./users or -c users)
 
 exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up failure,
@@ -67,6 +70,19 @@ exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up fa
 
 class UsageError(Exception):
     pass
+
+
+def _status(argv: Sequence[str]) -> int:
+    from pyturn import status
+
+    return status.main(argv)
+
+
+# `pyturn NAME ...`: a first argument naming a subcommand runs it instead of a server.
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "status": _status,
+    **{name: functools.partial(run_subcommand, name) for name in HELPER_COMMANDS},  # users, credentials, dns-records
+}
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
@@ -100,8 +116,8 @@ def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and arguments[0] in COMMANDS:
-        return run_subcommand(arguments[0], arguments[1:])
+    if arguments and arguments[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[arguments[0]](arguments[1:])
     if any(a.lower() in ("-h", "--help", "-?", "--?", "/?") for a in arguments):
         sys.stdout.write(USAGE)
         return EXIT_OK
@@ -197,11 +213,19 @@ def run(config: Config, *, pid_file: PidFile | None = None, report: StartupRepor
         return EXIT_OK
 
 
-def _worker_main(config: Config, secret: bytes, report: StartupReport, listen_sockets: list[socket.socket]) -> int:
+def _worker_main(
+    config: Config,
+    secret: bytes,
+    report: StartupReport,
+    listen_sockets: list[socket.socket],
+    relay_ports: tuple[int, int],
+) -> int:
     """One worker process: a whole server on its slice of the relay ports, sharing the ports by SO_REUSEPORT
     through the listening sockets the master bound for it."""
     _event_loop_policy()
-    return asyncio.run(_serve(config, None, report, secret=secret, reuse_port=True, listen_sockets=listen_sockets))
+    return asyncio.run(_serve(
+        config, None, report, secret=secret, reuse_port=True, listen_sockets=listen_sockets, relay_ports=relay_ports
+    ))
 
 
 async def _serve(
@@ -212,6 +236,7 @@ async def _serve(
     secret: bytes | None = None,
     reuse_port: bool = False,
     listen_sockets: list[socket.socket] | None = None,
+    relay_ports: tuple[int, int] | None = None,
 ) -> int:
     from pyturn.server import Server, StartupError
 
@@ -228,7 +253,8 @@ async def _serve(
     try:
         # A service has no test asserting on its events: keep none (memory stays flat under churn).
         server = Server(
-            config, secret=secret, reuse_port=reuse_port, listen_sockets=listen_sockets or (), keep_events=0
+            config, secret=secret, reuse_port=reuse_port, listen_sockets=listen_sockets or (), keep_events=0,
+            relay_ports=relay_ports,
         )
     except (UserDBError, PyturnError) as error:
         return fail(EXIT_CONFIG, f"cannot load users: {error}")
@@ -267,8 +293,9 @@ def _on_hangup(server: object) -> None:
 
     assert isinstance(server, Server)
     notify_reloading()
-    log.info("SIGHUP: reopening log files and reloading users")
+    log.info("SIGHUP: reopening log files, reloading users and re-reading the host's addresses")
     reopen_log_files()
+    server.refresh_addresses()
     server.reload_users()
     server.reload_tls()
     notify_ready()

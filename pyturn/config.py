@@ -105,6 +105,8 @@ class Config:
     tcp_auth_timeout: int = 30  # seconds a TCP/TLS connection may stay unauthenticated
     max_permissions_per_allocation: int = 64  # 508 beyond (anchors.md §5.5 case 36)
     max_channels_per_allocation: int = 64  # 508 beyond
+    metrics_address: str = "127.0.0.1"  # the HTTP listener of /metrics, /healthz, /readyz (pyturn.metrics)
+    metrics_port: int = 0  # 0 = no metrics listener
     # shared-secret (TURN REST) credentials, pyturn.sharedsecret
     auth_shared_secret: tuple[str, ...] = ()
     auth_shared_secret_file: str = ""
@@ -279,6 +281,9 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
           "permissions (peer IPs) one allocation may hold (508 beyond); 0 = unlimited"),
     _spec("MaxChannelsPerAllocation", "max_channels_per_allocation", Kind.COUNT,
           "channel bindings one allocation may hold (508 beyond); 0 = unlimited"),
+    _spec("MetricsAddress", "metrics_address", Kind.STRING,
+          "IPv4 or IPv6 address of the HTTP listener serving /metrics, /healthz and /readyz"),
+    _spec("MetricsPort", "metrics_port", Kind.PORT, "port of that listener; 0 = no listener"),
     _spec("AuthSharedSecret", "auth_shared_secret", Kind.SECRETS,
           "shared secrets of TURN REST credentials, comma-separated; any of them is accepted", secret=True),
     _spec("AuthSharedSecretFile", "auth_shared_secret_file", Kind.PATH,
@@ -675,6 +680,12 @@ def _validate(values: dict[str, Any], applied_from: dict[str, _Entry], config_pa
     if any(char in values["auth_shared_secret_separator"] for char in "0123456789"):
         raise ConfigError("AuthSharedSecretSeparator: a digit cannot end the EXPIRY",
                           *where("auth_shared_secret_separator"))
+
+    try:
+        values["metrics_address"] = str(ipaddress.ip_address(values["metrics_address"].strip()))
+    except ValueError:
+        raise ConfigError(f"MetricsAddress: {values['metrics_address']!r} is not an IPv4 or IPv6 address",
+                          *where("metrics_address")) from None
 
     low, high = values["allocation_port_range_min"], values["allocation_port_range_max"]
     if low > high:

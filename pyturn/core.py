@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from hashlib import sha256
@@ -39,9 +39,10 @@ from pyturn.allocation import (
 from pyturn.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
 from pyturn.config import Config
 from pyturn.errors import StunDecodeError, TurnError
-from pyturn.policy import PeerPolicy
+from pyturn.policy import PeerPolicy, Verdict
 from pyturn.ports import PortPool
 from pyturn.ratelimit import SourceLimiter
+from pyturn.stats import MALFORMED, RATE_LIMITED, CoreStats
 from pyturn.stun import (
     Address,
     Attr,
@@ -151,7 +152,7 @@ class AuthFailed:
     five_tuple: FiveTuple
     code: int
     username: str | None
-    reason: str = ""  # "" or "expired" (shared-secret credentials past their EXPIRY); never the secret
+    reason: str = ""  # why (pyturn.stats.AUTH_FAILURE_REASONS, e.g. "expired_credentials"); never the secret
 
 
 Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
@@ -228,7 +229,9 @@ class TurnServerCore:
         self._secret = secret if secret is not None else randbytes(32)
         self._nonces = NonceSigner(self._secret, config.nonce_lifetime)
         self.policy = policy if policy is not None else PeerPolicy(
-            denied=config.denied_peer_addresses, allowed=config.allowed_peer_addresses
+            denied=config.denied_peer_addresses,
+            allowed=config.allowed_peer_addresses,
+            relay_ports=(config.allocation_port_range_min, config.allocation_port_range_max),
         )
         self._rng = rng if rng is not None else random.Random(randbytes(16))
         self._randbytes = randbytes
@@ -248,15 +251,28 @@ class TurnServerCore:
         self._now = 0.0  # the time of the call being handled, for deadlines set deep inside handlers
         rate = config.unauthenticated_rate_limit
         self._limiter = SourceLimiter(rate) if rate > 0 else None
+        self.stats = CoreStats()  # read by pyturn.metrics at scrape time
 
     # ------------------------------------------------------------------------------------------ set-up
     def set_user_lookup(self, users: UserLookup) -> None:
         """Swap the user source in one assignment (reload); existing allocations keep their key."""
         self._users = users
 
-    def set_server_addresses(self, addresses: set[str]) -> None:
-        """The server's own IPs, never valid peers (relay-to-self loops, anchors.md §5.3 case 26)."""
-        self.policy = self.policy.with_server_addresses(addresses)
+    def set_server_addresses(
+        self,
+        relay: Iterable[str],
+        host: Iterable[str] = (),
+        *,
+        relay_ports: tuple[int, int] | None = None,
+        listener_ports: Iterable[int] = (),
+    ) -> None:
+        """The server's own IPs (docs/security.md "Peer policy"): ``relay`` ones, where other allocations' relays
+        are reachable on relay-range ports only, and the host's other addresses, never valid peers. Adds to what
+        is known already (relay IPs learned from bound relays stay); ``relay_ports`` is the whole relay range
+        when this core serves only a slice of it (Workers); ``listener_ports`` are never relays."""
+        self.policy = self.policy.with_server_addresses(
+            relay, host, relay_ports=relay_ports, listener_ports=listener_ports
+        )
 
     def set_alternate(self, primary: Address, other: Address) -> None:
         """The bound (TurnAddress, TurnPort) and (AltStunAddress, AltStunPort) pair of RFC 5780 mode."""
@@ -269,6 +285,11 @@ class TurnServerCore:
     @property
     def allocations(self) -> dict[FiveTuple, Allocation]:
         return self._allocations
+
+    @property
+    def ports(self) -> PortPool:
+        """The relay port pool (read by pyturn.metrics)."""
+        return self._ports
 
     def allocation_for_handle(self, handle: Any) -> Allocation | None:
         return self._by_handle.get(handle)
@@ -289,6 +310,7 @@ class TurnServerCore:
         except StunDecodeError:
             return []  # malformed STUN is dropped without an answer (RFC 8489 §6.3)
         if message.msg_class is MessageClass.REQUEST:
+            self.stats.request(message.method)
             # RFC 8489 §6.3.1: a retransmission (same 5-tuple, same transaction id) gets the first answer again.
             allocation = self._allocations.get(five_tuple)
             if allocation is not None:
@@ -305,6 +327,8 @@ class TurnServerCore:
         allocation = self._by_handle.get(handle)
         if allocation is None or not allocation.has_permission(peer[0], now):
             return []  # RFC 8656 §9: no permission, no relaying
+        if not self.policy.allows(peer[0], peer[1]):
+            return []  # a permission for one of our IPs admits only other relays (relay-range ports)
         five_tuple = allocation.five_tuple
         channel = allocation.channel_for_peer.get(peer)
         if channel is not None:
@@ -333,6 +357,8 @@ class TurnServerCore:
             self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
         external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
         relayed = (external, bound[1]) if external else bound
+        if bound[0] not in self.policy.relay_addresses:
+            self._learn_relay_address(bound[0])
         credentials = pending.credentials
         allocation = Allocation(
             five_tuple=five_tuple,
@@ -350,6 +376,7 @@ class TurnServerCore:
         user = (credentials.username, credentials.realm)
         self._per_user[user] = self._per_user.get(user, 0) + 1
         self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        self.stats.allocation_created(five_tuple.transport.value, pending.family)
         log.info(
             "allocation %s:%d/%s for %r relayed at %s:%d for %ds",
             five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value,
@@ -488,8 +515,9 @@ class TurnServerCore:
         except TurnError as error:
             actions = self._refuse(request, five_tuple, error)
             if request.integrity_offset is not None:
-                failure = error.failure if isinstance(error, Challenge) else ""
+                failure = (error.failure if isinstance(error, Challenge) else "") or MALFORMED
                 actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME), failure))
+                self.stats.auth_failure(failure)
             return actions
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
@@ -511,6 +539,7 @@ class TurnServerCore:
             and not _is_loopback(five_tuple.client[0])
             and not limiter.allow(five_tuple.client[0], self._now)
         ):
+            self.stats.auth_failure(RATE_LIMITED)
             return []
         response = self._error(request, error)
         if isinstance(error, Challenge):
@@ -667,7 +696,8 @@ class TurnServerCore:
         if not peers:
             raise TurnError(400, "Bad Request")
         for peer in peers:
-            self._check_peer(allocation, peer)
+            # A permission covers every port of the IP (RFC 8656 §9): the port is checked when data flows.
+            self._check_peer(allocation, peer, port=None)
         cap = self.config.max_permissions_per_allocation
         if cap and len(allocation.permissions.keys() | {peer[0] for peer in peers}) > cap:
             raise TurnError(508, "Insufficient Capacity")  # anchors.md §5.5 case 36
@@ -695,7 +725,7 @@ class TurnServerCore:
             raise TurnError(400, "Bad Request")
         if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
             raise TurnError(400, "Bad Request")
-        self._check_peer(allocation, peer)
+        self._check_peer(allocation, peer, port=peer[1])
         bound = allocation.channels.get(channel)
         if bound is not None and bound.peer != peer:
             raise TurnError(400, "Bad Request")  # channel bound to another peer
@@ -743,7 +773,7 @@ class TurnServerCore:
         data = indication.get(Attr.DATA)
         if peer is None or data is None or _family_of(peer[0]) != allocation.family:
             return []
-        if not allocation.has_permission(peer[0], now):
+        if not allocation.has_permission(peer[0], now) or not self.policy.allows(peer[0], peer[1]):
             return []
         return [SendToPeer(allocation.relay_handle, peer, data)]
 
@@ -795,11 +825,22 @@ class TurnServerCore:
         if credentials.username != allocation.username or credentials.key != allocation.key:
             raise TurnError(441, "Wrong Credentials")
 
-    def _check_peer(self, allocation: Allocation, peer: Address) -> None:
+    def _check_peer(self, allocation: Allocation, peer: Address, *, port: int | None) -> None:
+        """443 for the other family, 403 for a peer the policy refuses (RFC 8656 §9.2 and §11.2)."""
         if _family_of(peer[0]) != allocation.family:
             raise TurnError(443, "Peer Address Family Mismatch")  # RFC 6156 §5
-        if not self.policy.is_allowed(peer[0]):
-            raise TurnError(403, "Forbidden")  # RFC 8656 §9.2
+        policy = self.policy
+        if not (policy.allows_permission(peer[0]) if port is None else policy.allows(peer[0], port)):
+            raise TurnError(403, "Forbidden")
+
+    def _learn_relay_address(self, ip: str) -> None:
+        """A relay was bound on an IP the policy did not know as ours (a wildcard listener binds relays on the
+        address towards the client): other allocations may reach relays there from now on. A built-in denied IP
+        (loopback) stays denied unless it was configured: a relay bound there serves only local clients."""
+        if self.policy.verdict(ip) is Verdict.DENIED:
+            self.policy = self.policy.with_server_addresses(host=(ip,))
+        else:
+            self.policy = self.policy.with_server_addresses(relay=(ip,))
 
     def _install_permission(self, allocation: Allocation, ip: str, now: float) -> bool:
         new = ip not in allocation.permissions
@@ -907,6 +948,8 @@ class TurnServerCore:
         return response
 
     def _encode(self, request: Message, response: Message, key: bytes | None) -> bytes:
+        if response.msg_class is MessageClass.ERROR:
+            self.stats.error_response(response.method, response.get(Attr.ERROR_CODE)[0])
         software = self._software
         if software is not None:
             response.add(Attr.SOFTWARE, software)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyturn.allocation import Transport
 from pyturn.auth import EXPIRED, UserLookup
@@ -25,18 +25,25 @@ from pyturn.config import Config
 from pyturn.core import AuthFailed, Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
+from pyturn.localaddrs import interface_addresses, server_addresses
 from pyturn.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets, load_secret_file
+from pyturn.stats import ReloadStats
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.transport import (
     Runtime,
     UdpListener,
+    bind_stream,
     bind_udp,
     has_ipv6,
     make_stream_factory,
     start_stream_listener,
 )
 from pyturn.userdb import UserDB, load_user_file
+
+if TYPE_CHECKING:
+    from pyturn.metrics import MetricsEndpoint
+    from pyturn.metrics_workers import SampleAnswerer
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +157,9 @@ class Server:
     ``relayed_bytes()`` keep them for later assertions. ``transports`` limits the listeners to some of "udp",
     "tcp", "tls" (TLS also needs TlsTurnPort or ``ssl_context``).
 
+    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.workers): on
+    the server's own addresses, peers are allowed on those ports only (docs/security.md "Peer policy").
+
     ``listen_sockets`` are already bound listening sockets (UDP, or TCP in listen state) that the server uses
     instead of binding the same type, address and port itself (pyturn.workers binds them in the master, so a
     restarted worker takes over its predecessor's place in the SO_REUSEPORT group).
@@ -172,10 +182,19 @@ class Server:
         reuse_port: bool = False,
         listen_sockets: Collection[socket.socket] = (),
         keep_events: int = EVENTS_KEPT,
+        relay_ports: tuple[int, int] | None = None,
         shared_secret: SharedSecret | None = None,
     ) -> None:
         self.config = config if config is not None else loopback_config()
-        self._listen_sockets = {_listen_key(sock.type, *sock.getsockname()[:2]): sock for sock in listen_sockets}
+        # The whole relay range, where the server's own addresses are valid peers (other allocations' relays);
+        # a worker's config holds only its slice of it.
+        self._relay_ports = relay_ports
+        # AF_UNIX socketpairs among them link the workers' metrics (pyturn.metrics_workers).
+        self._metrics_channels = [sock for sock in listen_sockets if sock.family == socket.AF_UNIX]
+        self._listen_sockets = {
+            _listen_key(sock.type, *sock.getsockname()[:2]): sock
+            for sock in listen_sockets if sock.family != socket.AF_UNIX
+        }
         unknown = set(transports) - set(TRANSPORTS)
         if unknown:
             raise PyturnError(f"unknown transports {sorted(unknown)}: choose among {TRANSPORTS}")
@@ -208,7 +227,12 @@ class Server:
                 raise SecretFileError("; ".join(result.problems))
         self._shared_secrets = self._shared_secrets.with_secrets([*self._inline_secrets, *self._file_secrets])
         self._users: UserLookup | None = self._initial_lookup(users)
+        self.reload_stats = ReloadStats()
         self._lookup = self._combined_lookup()
+        self.reload_stats.last_success = time.time()
+        self.draining = False  # set while the server drains before a stop: /readyz then answers 503
+        self.metrics: MetricsEndpoint | None = None
+        self._metrics_answerers: list[SampleAnswerer] = []
         self.core: TurnServerCore | None = None
         self._runtime: Runtime | None = None
         self._udp: list[UdpListener] = []
@@ -308,6 +332,11 @@ class Server:
                                   [*result.problems, *secret_result.problems])
         result = dataclasses.replace(result, secrets=len(self._shared_secrets))
         self._lookup = self._combined_lookup()
+        if result.loaded:
+            self.reload_stats.successes += 1
+            self.reload_stats.last_success = time.time()
+        else:
+            self.reload_stats.failures += 1
         if self.core is not None:
             self.core.set_user_lookup(self._lookup)
         return result
@@ -347,23 +376,73 @@ class Server:
         except BaseException:
             await self.close()
             raise
-        self.core.set_server_addresses(self._own_addresses())
+        self.refresh_addresses()
+        if self.config.metrics_port:
+            try:
+                await self._start_configured_metrics()
+            except BaseException:
+                await self.close()
+                raise
         self._tasks.append(loop.create_task(self._ticker()))
         watches_users = self._users_from_file and bool(self.config.user_database_file)
         if (watches_users or self.config.auth_shared_secret_file) and self.config.user_database_check_interval > 0:
             self._tasks.append(loop.create_task(self._watch_user_file()))
 
-    def _own_addresses(self) -> set[str]:
-        """Listening, relay and advertised IPs: never valid peers (relay-to-self loops, anchors.md §5.3 case 26)."""
+    async def start_metrics(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Serve /metrics, /healthz and /readyz on host:port (0 = ephemeral); returns the bound address.
+
+        start() calls this when MetricsPort is set; a test rig may call it after start() for an ephemeral port.
+        """
+        from pyturn.metrics import open_metrics_endpoint
+
+        if self.metrics is not None:
+            return self.metrics.address
+        adopted = self._listen_sockets.pop(_listen_key(socket.SOCK_STREAM, host, port), None)
+        try:
+            sock = adopted or bind_stream(host, port)
+        except OSError as error:
+            raise StartupError(f"cannot listen on metrics TCP {host}:{port}: {error.strerror or error}") from error
+        self.metrics = await open_metrics_endpoint(self, sock, self._metrics_channels)
+        return self.metrics.address
+
+    async def _start_configured_metrics(self) -> None:
+        from pyturn.metrics import answer_metrics_requests
+
+        host, port = self.config.metrics_address, self.config.metrics_port
+        if self._metrics_channels and _listen_key(socket.SOCK_STREAM, host, port) not in self._listen_sockets:
+            # Workers = N: another worker serves the endpoint and asks this one for its samples.
+            self._metrics_answerers = answer_metrics_requests(self, self._metrics_channels)
+            return
+        await self.start_metrics(host, port)
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The adapters' shared state (sockets, relayed counters); None before start()."""
+        return self._runtime
+
+    @property
+    def ready(self) -> bool:
+        """Listeners bound, users loaded, not draining (what /readyz answers)."""
+        users_loaded = self._user_db is None or len(self._user_db) > 0  # a lookup callable counts as loaded
+        bound = bool(self._udp or self._streams)
+        return self._started and not self._closed and bound and users_loaded and not self.draining
+
+    def user_count(self) -> int:
+        """Users in the database in force (0 when users come from a lookup callable)."""
+        return len(self._user_db) if self._user_db is not None else 0
+
+    def refresh_addresses(self) -> None:
+        """Re-read the host's interface addresses for the peer policy (start-up and SIGHUP: an interface may have
+        gained an address since). Relay addresses learned from bound relays are kept."""
+        if self.core is None:
+            return
         config = self.config
-        own = {address[0] for addresses in self.addresses.values() for address in addresses}
-        for host in (config.relay_address, config.relay_v6_address, config.external_address,
-                     config.external_v6_address):
-            try:
-                own.add(str(ipaddress.ip_address(host)))
-            except ValueError:
-                continue  # unset ("") or not an IP: nothing to deny
-        return own
+        listening = [host for addresses in self.addresses.values() for host, _port in addresses]
+        own = server_addresses(config, [config.turn_address, config.turn_v6_address, *listening],
+                               interface_addresses())
+        ports = {port for addresses in self.addresses.values() for _host, port in addresses}
+        ports.update(port for port in (config.turn_port, config.tls_turn_port, config.alt_stun_port) if port)
+        self.core.set_server_addresses(own.relay, own.host, relay_ports=self._relay_ports, listener_ports=ports)
 
     async def _open_listeners(self) -> None:
         config = self.config
@@ -498,6 +577,10 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self.metrics is not None:
+            await self.metrics.close()
+        for answerer in self._metrics_answerers:
+            answerer.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

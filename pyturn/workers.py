@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyturn.config import Config
+from pyturn.metrics_workers import worker_metrics_sockets
 from pyturn.service import (
     EXIT_OK,
     EXIT_STARTUP,
@@ -48,7 +49,8 @@ RESTART_DELAY = 1.0  # a worker that dies within this long of its start is resta
 _MASTER_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
-WorkerMain = Callable[[Config, bytes, StartupReport, list[socket.socket]], int]
+# (worker config, nonce secret, start-up report, listening sockets, the whole relay port range) -> exit code
+WorkerMain = Callable[[Config, bytes, StartupReport, list[socket.socket], tuple[int, int]], int]
 """Runs one worker to completion in the forked child: (its config, the shared secret, its ready channel, its
 listening sockets, bound by the master)."""
 
@@ -145,15 +147,21 @@ class WorkerPool:
         self.secret = secret
         self.worker_main = worker_main
         low, high = config.allocation_port_range_min, config.allocation_port_range_max
+        self.relay_ports = (low, high)
         slices = port_slices(low, high, worker_count(config))
         self.workers: list[_Worker] = []
         self.stopping = False
+        # MetricsPort: worker 0 serves the sum over all workers (pyturn.metrics_workers).
+        metrics_sockets = worker_metrics_sockets(config, len(slices))
         try:
             for index, (lo, hi) in enumerate(slices):
                 worker_config = config.replace(allocation_port_range_min=lo, allocation_port_range_max=hi)
-                self.workers.append(_Worker(index, worker_config, bind_listeners(config)))
+                self.workers.append(_Worker(index, worker_config, bind_listeners(config) + metrics_sockets[index]))
         except BaseException:
             self.close_sockets()
+            for sockets in metrics_sockets:
+                for sock in sockets:
+                    sock.close()
             raise
 
     def close_sockets(self) -> None:
@@ -177,7 +185,9 @@ class WorkerPool:
                     if other is not worker:
                         for sock in other.sockets:
                             sock.close()
-                status = self.worker_main(worker.config, self.secret, StartupReport(write_end), worker.sockets)
+                status = self.worker_main(
+                    worker.config, self.secret, StartupReport(write_end), worker.sockets, self.relay_ports
+                )
             except BaseException:
                 log.exception("worker %d failed", worker.index)
             finally:

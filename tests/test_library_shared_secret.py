@@ -33,7 +33,7 @@ async def test_library_shared_secret_beside_users_and_the_auth_failure_reason() 
         assert await _allocates(server, *pyturn.rest_credentials("new", "bob"))
         assert await _allocates(server, *pyturn.rest_credentials(b"old"))
         assert not await _allocates(server, *pyturn.rest_credentials("new", "bob", ttl=10, now=1_000_000))
-        assert [failure.reason for failure in failures] == ["expired"]
+        assert [failure.reason for failure in failures] == ["expired_credentials"]
         assert server.relayed_bytes().to_peer == 0
 
 

@@ -79,7 +79,7 @@ def test_sharedsecret_expired_username_gets_401_and_an_expired_auth_failure() ->
     result = harness.client(username, password).allocate()
     assert result.error_code == 401
     failure = result.one(AuthFailed)
-    assert (failure.code, failure.username, failure.reason) == (401, username, "expired")
+    assert (failure.code, failure.username, failure.reason) == (401, username, "expired_credentials")
     assert SECRET not in repr(failure)
 
 
@@ -94,7 +94,7 @@ def test_sharedsecret_expired_username_with_a_wrong_password_is_no_expiry() -> N
     username, _ = pyturn.rest_credentials(SECRET, "bob", ttl=600, now=NOW - 601)
     result = harness.client(username, "not the password").allocate()
     assert result.error_code == 401
-    assert result.one(AuthFailed).reason == ""
+    assert result.one(AuthFailed).reason == "bad_integrity"
 
 
 def test_sharedsecret_allocation_expires_with_its_credentials() -> None:
@@ -120,7 +120,20 @@ def test_sharedsecret_unlisted_secret_is_refused() -> None:
     username, password = pyturn.rest_credentials("retired", "bob", now=NOW)
     result = harness.client(username, password).allocate()
     assert result.error_code == 401
-    assert result.one(AuthFailed).reason == ""
+    assert result.one(AuthFailed).reason == "bad_integrity"
+
+
+def test_sharedsecret_username_not_of_the_rest_form_is_an_unknown_user() -> None:
+    result = _harness(SECRET).client("bob", "whatever").allocate()
+    assert (result.error_code, result.one(AuthFailed).reason) == (401, "unknown_user")
+
+
+def test_sharedsecret_failures_are_counted_for_the_metrics() -> None:
+    harness = _harness(SECRET)
+    harness.client(*pyturn.rest_credentials(SECRET, ttl=10, now=NOW - 20)).allocate()
+    harness.client(*pyturn.rest_credentials("retired", now=NOW)).allocate()
+    failures = harness.core.stats.auth_failures
+    assert (failures["expired_credentials"], failures["bad_integrity"]) == (1, 1)
 
 
 def test_sharedsecret_custom_separator() -> None:
