@@ -403,6 +403,9 @@ def test_debian_package_keeps_the_handbook_config_through_install_remove_and_pur
     assert probe["exit"] == "0"
     assert chroot.path("/var/log/reTurnServer/reTurnServer.log").stat().st_uid == int(account[2])
 
+    chroot.run(f"dpkg -i /tmp/{_deb(built).name}")  # an upgrade (same version): preinst/postinst with a version
+    assert {name: _fingerprint(etc / name) for name in before} == before
+
     chroot.run(f"{APT} remove pyturn")
     assert not chroot.path("/usr/bin/pyturn").exists()
     assert {name: _fingerprint(etc / name) for name in before} == before  # remove keeps the configuration
@@ -426,5 +429,55 @@ def test_debian_package_on_a_fresh_system_installs_its_own_config(built: Path, c
     assert "/etc/reTurn/reTurnServer.config" in conffiles and "/etc/reTurn/users.txt" in conffiles
     man = textwrap.dedent(chroot.run("ls /usr/share/man/man8 /usr/share/man/man5").stdout)
     assert "pyturn.8.gz" in man and "reTurnServer.config.5.gz" in man
+
+    _purge_and_check_nothing_is_left(chroot)
+
+
+def _stand_in_resiprocate_turn_server(directory: Path) -> Path:
+    """A package named and laid out like resiprocate-turn-server (gone from Debian 12): its /etc/reTurn conffiles
+    and /usr/sbin/reTurnServer, for the takeover."""
+    tree = directory / "resiprocate-turn-server"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: resiprocate-turn-server\nVersion: 1:1.12.0-1\nArchitecture: all\n"
+        "Maintainer: pyturn tests <tests@example.org>\nDescription: stand-in for the reTurn package\n"
+    )
+    (tree / "DEBIAN" / "conffiles").write_text("/etc/reTurn/reTurnServer.config\n/etc/reTurn/users.txt\n")
+    (tree / "etc" / "reTurn").mkdir(parents=True)
+    (tree / "etc" / "reTurn" / "reTurnServer.config").write_text(HANDBOOK_CONFIG)
+    (tree / "etc" / "reTurn" / "users.txt").write_text("# users\n")
+    (tree / "usr" / "sbin").mkdir(parents=True)
+    (tree / "usr" / "sbin" / "reTurnServer").write_text("#!/bin/sh\nexit 0\n")
+    (tree / "usr" / "sbin" / "reTurnServer").chmod(0o755)
+    deb = directory / "resiprocate-turn-server_1.12.0-1_all.deb"
+    _run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], STEP_TIMEOUT)
+    return deb
+
+
+def test_debian_package_takes_over_an_installed_resiprocate_turn_server(
+    built: Path, chroot: Chroot, tmp_path: Path
+) -> None:
+    shutil.copy2(_stand_in_resiprocate_turn_server(tmp_path), chroot.path("/tmp"))
+    chroot.run("dpkg -i /tmp/resiprocate-turn-server_1.12.0-1_all.deb")
+    etc = chroot.path("/etc/reTurn")
+    # The administrator's edits: a user added, the log level changed.
+    (etc / "users.txt").write_text(HANDBOOK_USERS)
+    config = (etc / "reTurnServer.config").read_text()
+    (etc / "reTurnServer.config").write_text(config.replace("LoggingLevel = WARNING", "LoggingLevel = INFO"))
+    before = {name: _fingerprint(etc / name) for name in ("reTurnServer.config", "users.txt")}
+
+    _install(chroot, built)
+
+    assert chroot.run("dpkg-query -W -f='${db:Status-Abbrev}' resiprocate-turn-server").stdout.strip() == "rc"
+    assert {name: _fingerprint(etc / name) for name in before} == before
+    assert not list(etc.glob("*.dpkg-*")) and not list(etc.glob("*.pyturn-keep"))
+    assert chroot.run("dpkg-query -S /etc/reTurn/reTurnServer.config").stdout.startswith("pyturn: ")
+    assert not chroot.path("/usr/sbin/reTurnServer").exists()
+    checked = chroot.run("pyturn -c /etc/reTurn/reTurnServer.config --check-config").stdout
+    assert "\nLogLevel = INFO\n" in checked
+    # Purging the replaced package no longer touches the files it handed over.
+    chroot.run("dpkg --purge resiprocate-turn-server")
+    assert {name: _fingerprint(etc / name) for name in before} == before
+    assert _probe_server(chroot)["allocate"] == "SUCCESS True"
 
     _purge_and_check_nothing_is_left(chroot)
