@@ -149,8 +149,15 @@ def _require_root_tools(*tools: str) -> None:
         _unavailable(f"missing {', '.join(missing)} (scripts/test.sh installs them as root)")
 
 
+_NOT_SOURCE = (".git", ".venv", "venv", "__pycache__", "*.egg-info", "build", "dist", ".mypy_cache", ".ruff_cache",
+               ".pytest_cache", ".hypothesis", "debian/.debhelper", "benchmarks/results")
+
+
 def _copy_tree(destination: Path) -> None:
     """The working tree as git sees it (tracked and untracked files, ignored ones left out): a clean checkout."""
+    if not (REPOSITORY / ".git").exists():  # an unpacked sdist or tarball: copy it without build leftovers
+        shutil.copytree(REPOSITORY, destination, symlinks=True, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
+        return
     listing = _run(["git", "-C", str(REPOSITORY), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                    STEP_TIMEOUT).stdout
     for name in filter(None, listing.split("\0")):
@@ -166,8 +173,6 @@ def _copy_tree(destination: Path) -> None:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory holding pyturn_<version>_all.deb and its .changes, from `dpkg-buildpackage -us -uc -b`."""
     _require_root_tools("dpkg-buildpackage", "dh", "dh_python3", "git")
-    if not (REPOSITORY / ".git").exists():
-        _unavailable("not a git checkout")
     out = tmp_path_factory.mktemp("deb")
     source = out / "pyturn"
     _copy_tree(source)
