@@ -187,3 +187,9 @@ def test_release_installed_wheel_runs_library_tests_outside_the_repository(insta
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout, result.stdout
+
+
+def test_release_changelog_has_an_entry_for_the_version() -> None:
+    headings = [line for line in (REPOSITORY / "CHANGELOG.md").read_text().splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Unreleased" or headings[0].startswith(f"## {pyturn.__version__}")
+    assert any(heading.startswith(f"## {pyturn.__version__}") for heading in headings), headings
