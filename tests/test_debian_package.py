@@ -219,6 +219,21 @@ def test_debian_package_contents(built: Path) -> None:
                                  "/etc/reTurn/users.txt"]
 
 
+def test_debian_package_unit_passes_systemd_analyze_verify(built: Path, tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        _unavailable("systemd-analyze is not installed")
+    _run(["dpkg-deb", "--extract", str(_deb(built)), str(tmp_path / "tree")], STEP_TIMEOUT)
+    unit = (tmp_path / "tree" / "lib" / "systemd" / "system" / "pyturn.service").read_text()
+    assert "Documentation=man:pyturn(8) man:reTurnServer.config(5)\n" in unit
+    # verify insists that ExecStart's program exists and (without --man=no) that the manual pages are installed
+    (tmp_path / "pyturn.service").write_text(unit.replace("/usr/bin/pyturn", "/bin/true"))
+    result = subprocess.run([str(analyze), "verify", "--man=no", str(tmp_path / "pyturn.service")], capture_output=True,
+                            text=True, timeout=STEP_TIMEOUT, check=False)
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if "pyturn.service" in line]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
 def test_debian_package_is_lintian_clean(built: Path) -> None:
     _require_root_tools("lintian")
     (changes,) = built.glob("pyturn_*.changes")
