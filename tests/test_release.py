@@ -1,5 +1,6 @@
 """The Python release: `python -m build` makes an sdist and a wheel that `twine check` accepts, and the wheel,
-installed into a fresh virtualenv, serves and runs a library test suite without the repository.
+installed into a fresh virtualenv, serves from its console script and passes the library tests (a few written
+here, and the repository's test_library, test_pytest_plugin and test_stun copied out) run outside the repository.
 
 Building and installing need the dev extra (build, twine) and a package index for the isolated build and the
 fresh venv; the server listens on 127.0.0.1 only and every wait is bounded.
