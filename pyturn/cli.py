@@ -105,6 +105,8 @@ def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
             check = True
         elif index == 1 and not argument.startswith("-"):
             config_path = argument  # reTurn: a first argument not starting with '-' is the file, '/etc/...' too
+        elif argument.startswith("/") and config_path is None and not any(sep in argument for sep in "=:"):
+            config_path = argument  # `pyturn --check-config /etc/reTurn/reTurnServer.config`: a path, no Key=Value
         elif argument.startswith(("-", "/")):
             overrides.append(argument)  # reTurn strips leading '-' and '/': --Key=Value, -Key=Value, /Key=Value
         elif config_path is None:
