@@ -348,6 +348,7 @@ class TurnServerCore:
         self._by_handle[handle] = allocation
         user = (credentials.username, credentials.realm)
         self._per_user[user] = self._per_user.get(user, 0) + 1
+        allocation.scheduled = allocation.expires
         self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
         log.info(
             "allocation %s:%d/%s for %r relayed at %s:%d for %ds",
@@ -403,8 +404,10 @@ class TurnServerCore:
         """Expire whatever is due; call about once a second."""
         self._now = now
         actions: list[Action] = []
-        for kind, owner, item in self._deadlines.pop_due(now):
-            # pop_due only yields deadlines that are still current (see _deadline_current).
+        deadlines = self._deadlines
+        for _, kind, owner, item in deadlines.pop_due(now):
+            # pop_due only yields an object's one scheduled entry (see _deadline_current). A refresh moved the
+            # object's own deadline, not its entry: an entry that fires early is pushed again at the new time.
             if kind is DeadlineKind.RESERVATION:
                 self._ports.release(self._reservations.pop(item).port)
                 continue
@@ -412,22 +415,44 @@ class TurnServerCore:
             if kind is DeadlineKind.RESPONSES:
                 self._expire_responses(allocation, now)
             elif kind is DeadlineKind.ALLOCATION:
-                actions.extend(self._delete(allocation, "expired"))
-            elif kind is DeadlineKind.PERMISSION:
-                del allocation.permissions[item]
-                self._sync_routes(allocation, now)
+                if allocation.expires > now:
+                    allocation.scheduled = allocation.expires
+                    deadlines.push(allocation.expires, kind, allocation)
+                else:
+                    actions.extend(self._delete(allocation, "expired", entry_popped=True))
             else:
-                binding: ChannelBinding = item
-                del allocation.channels[binding.channel]
-                # _sync_routes only visits live channels: drop this one's fast-path entry here.
-                five_tuple = allocation.five_tuple
-                table = self.routes(five_tuple.transport, five_tuple.server)
-                table.pop((five_tuple.client, binding.channel), None)
-                self._sync_routes(allocation, now)
-        self._deadlines.compact_if_larger_than(4 * (3 * len(self._allocations) + len(self._reservations)) + 64)
+                self._expire_peers(allocation, now)
         if self._limiter is not None:
             self._limiter.prune(now)
         return actions
+
+    def _expire_peers(self, allocation: Allocation, now: float) -> None:
+        """Drop the lapsed permissions and channel bindings of one allocation; schedule its next such expiry."""
+        permissions = allocation.permissions
+        lapsed_ips = [ip for ip, expires in permissions.items() if expires <= now]
+        for ip in lapsed_ips:
+            del permissions[ip]
+        lapsed = [binding for binding in allocation.channels.values() if binding.expires <= now]
+        if lapsed:
+            # _sync_routes only visits live channels: drop the lapsed ones' fast-path entries here.
+            five_tuple = allocation.five_tuple
+            table = self.routes(five_tuple.transport, five_tuple.server)
+            for binding in lapsed:
+                del allocation.channels[binding.channel]
+                table.pop((five_tuple.client, binding.channel), None)
+        if lapsed or lapsed_ips:
+            self._sync_routes(allocation, now)
+        allocation.peers_scheduled = allocation.next_peer_expiry()
+        if allocation.peers_scheduled != float("inf"):
+            self._deadlines.push(allocation.peers_scheduled, DeadlineKind.PEERS, allocation)
+
+    def _schedule_peers(self, allocation: Allocation, deadline: float) -> None:
+        """A permission or channel now expires at `deadline`: make sure the allocation's PEERS entry is due by then."""
+        if deadline < allocation.peers_scheduled:
+            if allocation.peers_scheduled != float("inf"):
+                self._deadlines.note_stale()  # the later entry is superseded
+            allocation.peers_scheduled = deadline
+            self._deadlines.push(deadline, DeadlineKind.PEERS, allocation)
 
     def _expire_responses(self, allocation: Allocation, now: float) -> None:
         """Drop the cached answers that have lapsed, so an idle allocation holds none (memory per allocation)."""
@@ -451,11 +476,8 @@ class TurnServerCore:
         if kind is DeadlineKind.RESPONSES:
             return bool(allocation.responses)
         if kind is DeadlineKind.ALLOCATION:
-            return allocation.expires == deadline
-        if kind is DeadlineKind.PERMISSION:
-            return allocation.permissions.get(item) == deadline
-        binding: ChannelBinding = item
-        return allocation.channels.get(binding.channel) is binding and binding.expires == deadline
+            return allocation.scheduled == deadline
+        return allocation.peers_scheduled == deadline  # PEERS
 
     def close_all(self) -> list[Action]:
         """Free every allocation (server shutdown)."""
@@ -646,7 +668,10 @@ class TurnServerCore:
             return [self._reply(request, response, five_tuple, credentials.key), *actions]
         lifetime = self._lifetime(request)
         allocation.expires = now + lifetime
-        self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        if allocation.expires < allocation.scheduled:  # a shorter lifetime: the scheduled entry would fire late
+            allocation.scheduled = allocation.expires
+            self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+            self._deadlines.note_stale()
         response.add(Attr.LIFETIME, lifetime)
         return [self._reply(request, response, five_tuple, credentials.key), AllocationRefreshed(five_tuple, lifetime)]
 
@@ -715,9 +740,9 @@ class TurnServerCore:
             bound = ChannelBinding(channel, peer, now + CHANNEL_LIFETIME)
             allocation.channels[channel] = bound
             actions.append(ChannelBound(five_tuple, channel, peer))
+            self._schedule_peers(allocation, bound.expires)
         else:
-            bound.expires = now + CHANNEL_LIFETIME
-        self._deadlines.push(bound.expires, DeadlineKind.CHANNEL, allocation, bound)
+            bound.expires = now + CHANNEL_LIFETIME  # the scheduled PEERS entry fires early and is pushed again
         # §11.2: binding a channel installs or refreshes the permission for the peer's IP.
         if self._install_permission(allocation, peer[0], now):
             actions.append(PermissionInstalled(five_tuple, peer[0]))
@@ -802,7 +827,8 @@ class TurnServerCore:
     def _install_permission(self, allocation: Allocation, ip: str, now: float) -> bool:
         new = ip not in allocation.permissions
         allocation.permissions[ip] = now + PERMISSION_LIFETIME
-        self._deadlines.push(now + PERMISSION_LIFETIME, DeadlineKind.PERMISSION, allocation, ip)
+        if new:  # a refresh keeps the scheduled PEERS entry, which is pushed again when it fires early
+            self._schedule_peers(allocation, now + PERMISSION_LIFETIME)
         return new
 
     def _sync_routes(self, allocation: Allocation, now: float) -> None:
@@ -820,9 +846,13 @@ class TurnServerCore:
             else:
                 table.pop(key, None)
 
-    def _delete(self, allocation: Allocation, reason: str) -> list[Action]:
+    def _delete(self, allocation: Allocation, reason: str, *, entry_popped: bool = False) -> list[Action]:
         five_tuple = allocation.five_tuple
         del self._allocations[five_tuple]
+        # Every scheduled entry of this allocation goes stale (its own unless tick() just popped it).
+        self._deadlines.note_stale(
+            (allocation.peers_scheduled != float("inf")) + bool(allocation.responses) + (not entry_popped)
+        )
         self._by_handle.pop(allocation.relay_handle, None)
         user = (allocation.username, allocation.realm)
         remaining = self._per_user.get(user, 1) - 1
@@ -870,6 +900,7 @@ class TurnServerCore:
             raise TurnError(508, "Insufficient Capacity")
         reservation = self._reservations.pop(token, None)
         if reservation is not None:
+            self._deadlines.note_stale()
             if reservation.expires <= now:
                 raise TurnError(508, "Insufficient Capacity")
             return reservation.port, family  # the port is held by the pool since the even allocation
@@ -883,6 +914,7 @@ class TurnServerCore:
         for token, reservation in list(self._reservations.items()):
             if reservation.port == port:
                 del self._reservations[token]
+                self._deadlines.note_stale()
                 self._ports.release(port)
                 return
 
