@@ -15,8 +15,10 @@ from pyturn.stun import Address
 
 PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: permissions last 300 s (reTurn: fixed)
 CHANNEL_LIFETIME = 600.0  # RFC 8656 §12: channel bindings last 10 minutes (reTurn: fixed)
-CHANNEL_MIN = 0x4000  # RFC 5766 §11 range, as reTurn accepts it (RFC 8656 narrows the top to 0x4FFF)
-CHANNEL_MAX = 0x7FFF
+# RFC 8656 §12: channel numbers 0x4000-0x4FFF; 0x5000-0xFFFF are reserved (RFC 7983 demultiplexing uses the
+# first byte), so ChannelBind outside gets 400 (§11.2) and ChannelData outside is never relayed.
+CHANNEL_MIN = 0x4000
+CHANNEL_MAX = 0x4FFF
 RESERVATION_LIFETIME = 30.0  # RFC 8656 §7.2: a reserved port is held for about 30 s
 
 

@@ -56,7 +56,8 @@ from pyturn.stun import (
 
 log = logging.getLogger(__name__)
 
-RESPONSE_CACHE_LIFETIME = 10.0  # reTurn keeps UDP responses 10 s for retransmissions (reTurn.md §4.2)
+# RFC 8489 §6.3.1: keep a transaction's answer for 40 s, the whole time a client may retransmit (Ti = 39.5 s).
+RESPONSE_CACHE_LIFETIME = 40.0
 RESPONSES_KEPT = 8  # per allocation: a client has only a few transactions outstanding at once
 UDP_PROTOCOL = 17  # RFC 8656 §14.7 REQUESTED-TRANSPORT value for UDP
 FAMILY_IPV4 = 1
@@ -160,6 +161,7 @@ Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | Event
 class RelayFailure(Enum):
     PORT_IN_USE = "port in use"
     FAMILY_UNAVAILABLE = "address family unavailable"
+    DONT_FRAGMENT = "DF cannot be set"  # the socket option failed: the relay is not kept
     OTHER = "bind failed"
 
 
@@ -284,7 +286,7 @@ class TurnServerCore:
         if data[0] & 0xC0:
             return self._handle_channel_data(data, five_tuple, now)
         try:
-            message = decode_message(data)
+            message = decode_message(data, keep_invalid=True)
         except StunDecodeError:
             return []  # malformed STUN is dropped without an answer (RFC 8489 §6.3)
         if message.msg_class is MessageClass.REQUEST:
@@ -387,6 +389,13 @@ class TurnServerCore:
             pending.release_ports(self._ports)
             if failure is RelayFailure.FAMILY_UNAVAILABLE:
                 error = TurnError(440, "Address Family not Supported")
+            elif failure is RelayFailure.DONT_FRAGMENT:
+                # RFC 8656 §7.2: a DONT-FRAGMENT the server cannot honour is treated as an unknown
+                # comprehension-required attribute: 420 listing it.
+                response = self._error(pending.request, TurnError(420, "Unknown Attribute"))
+                response.add(Attr.UNKNOWN_ATTRIBUTES, (Attr.DONT_FRAGMENT,))
+                response.add(Attr.XOR_MAPPED_ADDRESS, pending.five_tuple.client)
+                return [self._reply(pending.request, response, pending.five_tuple, pending.credentials.key)]
             else:
                 error = TurnError(508, "Insufficient Capacity")
         response = self._error(pending.request, error)
@@ -498,6 +507,10 @@ class TurnServerCore:
         if handler is None:
             return self._refuse(request, five_tuple, TurnError(400, "Bad Request"))
         allocation = self._allocations.get(five_tuple)
+        if request.invalid_attributes and (
+            request.integrity_offset is None or (allocation is None and method != Method.ALLOCATE)
+        ):
+            return []  # unauthenticated and malformed: dropped, as a message that does not parse (RFC 8489 §6.3)
         if allocation is None and method != Method.ALLOCATE:
             # RFC 8656 §7.3, §9.2, §11.2: no allocation on this 5-tuple -> 437. Answered before credentials are
             # looked at: nothing is protected here, and the short answer keeps amplification low.
@@ -507,10 +520,17 @@ class TurnServerCore:
                 request, realm=self.config.authentication_realm, nonces=self._nonces, lookup=self._users, now=now
             )
         except TurnError as error:
+            if request.invalid_attributes:
+                return []  # malformed and not authenticated: no answer, as above
             actions = self._refuse(request, five_tuple, error)
             if request.integrity_offset is not None:
                 actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME)))
             return actions
+        # RFC 8656 §7.2 (and each method's checks): a known attribute whose value is malformed, such as a
+        # REQUESTED-TRANSPORT of the wrong length, makes the request bad -> 400, once it is authenticated.
+        if request.invalid_attributes:
+            return [self._reply(request, self._error(request, TurnError(400, "Bad Request")), five_tuple,
+                                credentials.key)]
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
             return [self._reply(request, self._unknown_attributes(request), five_tuple, credentials.key)]
@@ -542,6 +562,8 @@ class TurnServerCore:
     def _handle_binding(self, request: Message, five_tuple: FiveTuple) -> list[Action]:
         """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (reTurn.md §6.3)."""
         client = five_tuple.client
+        if request.invalid_attributes:
+            return []  # unauthenticated: a malformed Binding stays unanswered (RFC 8489 §6.3)
         if request.unknown_required:
             return [self._reply(request, self._unknown_attributes(request), five_tuple, None)]
         if self._alternate is None and not request.classic and request.has(Attr.CHANGE_REQUEST):
@@ -621,7 +643,8 @@ class TurnServerCore:
         if config.max_allocations_per_user and self._per_user.get(user, 0) >= config.max_allocations_per_user:
             raise TurnError(486, "Allocation Quota Reached")
         if config.max_allocations and len(self._allocations) + len(self._pending) >= config.max_allocations:
-            raise TurnError(486, "Allocation Quota Reached")
+            # Server-wide capacity, not a user's quota: RFC 8656 §7.2 "508 Insufficient Capacity" (try elsewhere).
+            raise TurnError(508, "Insufficient Capacity")
         lifetime = self._lifetime(request)
         reserve_next = bool(even_port)
         if token is not None:
@@ -709,7 +732,7 @@ class TurnServerCore:
         allocation: Allocation | None,
         now: float,
     ) -> list[Action]:
-        """RFC 8656 §11.2 (channel range 0x4000-0x7FFF as RFC 5766 and reTurn)."""
+        """RFC 8656 §11.2 (channel numbers 0x4000-0x4FFF, RFC 8656 §12)."""
         assert allocation is not None
         self._check_owner(allocation, credentials)
         channel = request.get(Attr.CHANNEL_NUMBER)
@@ -760,7 +783,7 @@ class TurnServerCore:
     def _handle_send(self, indication: Message, five_tuple: FiveTuple, now: float) -> list[Action]:
         """RFC 8656 §11.2/§11.3: Send indications are never answered; anything wrong drops them."""
         allocation = self._allocations.get(five_tuple)
-        if allocation is None or indication.unknown_required:
+        if allocation is None or indication.unknown_required or indication.invalid_attributes:
             return []
         peer = indication.get(Attr.XOR_PEER_ADDRESS)
         data = indication.get(Attr.DATA)

@@ -90,16 +90,20 @@ def _set_buffers(sock: socket.socket) -> None:
             pass
 
 
-def _set_dont_fragment(sock: socket.socket, family: int) -> None:
-    """RFC 8656 §7.2 DONT-FRAGMENT: set DF on everything the relay sends (path-MTU discovery 'do')."""
+def set_dont_fragment(sock: socket.socket, family: int) -> bool:
+    """RFC 8656 §7.2 DONT-FRAGMENT: set DF on everything the relay sends (path-MTU discovery 'do').
+
+    False when the kernel refuses: the core then answers 420, never an allocation that silently fragments."""
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-    except OSError:
-        log.debug("could not set DF on a relay socket", exc_info=True)
+    except OSError as error:
+        log.debug("could not set DF on a relay socket: %s", error)
+        return False
+    return True
 
 
 def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -143,19 +147,21 @@ def stream_limit(max_tcp_connections: int) -> int:
 class _ThrottledWarning:
     """Counts refusals and logs them at most once per REFUSAL_LOG_INTERVAL, never once per event."""
 
-    __slots__ = ("logged_at", "template", "total", "unlogged")
+    __slots__ = ("level", "logged_at", "template", "total", "unlogged")
 
-    def __init__(self, template: str) -> None:
-        self.template = template  # formatted with the number of refusals since the last line
+    def __init__(self, template: str, level: int = logging.WARNING) -> None:
+        self.template = template  # formatted with the number of events since the last line, then `detail`
+        self.level = level
         self.total = 0
         self.unlogged = 0
         self.logged_at: float | None = None
 
-    def note(self, now: float) -> None:
+    def note(self, now: float, detail: str = "", *, exc_info: bool = False) -> None:
+        """Count one event; log (with the current exception's traceback when exc_info) if the interval passed."""
         self.total += 1
         self.unlogged += 1
         if self.logged_at is None or now - self.logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning(self.template, self.unlogged)
+            log.log(self.level, self.template + "%s", self.unlogged, detail, exc_info=exc_info)
             self.unlogged = 0
             self.logged_at = now
 
@@ -182,6 +188,11 @@ class Runtime:
         self._relay_refusals = _ThrottledWarning(
             f"refused %d relay socket(s) (508): out of file descriptors or the budget of {self.socket_budget} "
             "sockets reached"
+        )
+        # One input-triggered bug must not become a traceback per packet (a log flood): one line per interval.
+        self.internal_errors = _ThrottledWarning(
+            "dropped %d datagram(s) or frame(s) after an internal error; the latest, with its traceback: ",
+            logging.ERROR,
         )
 
     @property
@@ -276,8 +287,10 @@ class Runtime:
                     log.warning("relay bind on %s:%d failed: %s", action.host, action.port, error)
             self.dispatch(self.core.relay_failed(action.token, failure, now))
             return
-        if action.dont_fragment:
-            _set_dont_fragment(sock, family)
+        if action.dont_fragment and not set_dont_fragment(sock, family):
+            sock.close()
+            self.dispatch(self.core.relay_failed(action.token, RelayFailure.DONT_FRAGMENT, now))
+            return
         relay = RelayEndpoint(self, sock, five_tuple)
         self.relays.add(relay)
         self.dispatch(self.core.relay_opened(action.token, relay, _plain(sock.getsockname()), now))
@@ -329,7 +342,9 @@ class UdpListener:
                     data, FiveTuple(Transport.UDP, source, self.address), self.runtime.now()
                 )
             except Exception:
-                log.exception("dropped a datagram from %s:%d after an internal error", source[0], source[1])
+                self.runtime.internal_errors.note(
+                    self.runtime.now(), f"a datagram from {source[0]}:{source[1]}", exc_info=True
+                )
                 continue
             self.runtime.dispatch(actions)
 
@@ -511,7 +526,7 @@ class StreamConnection(asyncio.Protocol):
             try:
                 actions = runtime.core.handle_client(frame, five_tuple, runtime.now())
             except Exception:
-                log.exception("dropped a frame from %s after an internal error", client)
+                runtime.internal_errors.note(runtime.now(), f"a frame from {client[0]}:{client[1]}", exc_info=True)
                 continue
             runtime.dispatch(actions)
 

@@ -228,16 +228,17 @@ def test_core_allocate_cache_is_per_five_tuple() -> None:
     assert len(harness.opened) == 2
 
 
-def test_core_allocate_cache_expires_after_ten_seconds_then_437() -> None:
+def test_core_allocate_cache_expires_after_forty_seconds_then_437() -> None:
+    """RFC 8489 §6.3.1: answers are kept for 40 s (Ti = 39.5 s covers every retransmission), then forgotten."""
     harness = Harness()
     client = harness.client()
     client.challenge()
     data = client.signed(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
     client.send_raw(data)
-    harness.advance(9.999)
+    harness.advance(39.999)
     harness.tick()
     assert client.send_raw(data).response.msg_class is MessageClass.SUCCESS  # still cached
-    harness.advance(0.001)  # exactly 10 s after the response
+    harness.advance(0.001)  # exactly 40 s after the response
     harness.tick()
     result = client.send_raw(data)
     assert result.error_code == 437
@@ -559,18 +560,19 @@ def test_core_allocate_per_user_quota_frees_on_delete() -> None:
     allocated(harness, client=("203.0.113.30", 3))
 
 
-def test_core_allocate_max_allocations_gets_486() -> None:
+def test_core_allocate_max_allocations_gets_508() -> None:
+    """RFC 8656 §7.2: MaxAllocations is server-wide capacity (508 Insufficient Capacity); 486 is a user's quota."""
     harness = Harness(make_config(max_allocations=2))
     allocated(harness, client=("203.0.113.30", 1))
     allocated(harness, "bob", client=("203.0.113.30", 2))
-    assert harness.client(client=("203.0.113.30", 3)).allocate().error_code == 486
-    assert harness.client("bob", client=("203.0.113.30", 4)).allocate().error_code == 486
+    assert harness.client(client=("203.0.113.30", 3)).allocate().error_code == 508
+    assert harness.client("bob", client=("203.0.113.30", 4)).allocate().error_code == 508
 
 
 def test_core_allocate_max_allocations_counts_pending_binds() -> None:
     harness = Harness(make_config(max_allocations=1), auto_open=False)
     harness.client(client=("203.0.113.30", 1)).allocate()
-    assert harness.client(client=("203.0.113.30", 2)).allocate().error_code == 486
+    assert harness.client(client=("203.0.113.30", 2)).allocate().error_code == 508
 
 
 # --------------------------------------------------------------------------------------------- Refresh

@@ -47,7 +47,7 @@ def test_core_memory_idle_allocation_drops_its_cached_answers() -> None:
     client.allocate()
     client.channel_bind(0x4000)
     assert len(client.allocation.responses) == 2
-    harness.advance(9.9)
+    harness.advance(39.9)  # RFC 8489 §6.3.1: kept 40 s
     harness.tick()
     assert len(client.allocation.responses) == 2  # a retransmission may still come
     harness.advance(0.2)
