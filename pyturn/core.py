@@ -67,6 +67,7 @@ CHANGE_PORT = 0x02
 OPEN_RELAY_ATTEMPTS = 16  # binds tried on other ports when another process holds the chosen one
 _TOKEN_BODY = struct.Struct("!HHB")  # relay port, issue time (seconds, mod 2**16), address family
 _TOKEN_MAC = 3  # bytes of MAC in the 8-byte token: forging one only names a port, it authorises nothing
+LEGACY_CHANNEL_MAX = 0x7FFF  # RFC 5766 §11's top channel number (LegacyChannelNumbers)
 AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
 
 
@@ -739,7 +740,7 @@ class TurnServerCore:
         peer = request.get(Attr.XOR_PEER_ADDRESS)
         if channel is None or peer is None:
             raise TurnError(400, "Bad Request")
-        if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= channel <= (LEGACY_CHANNEL_MAX if self.config.legacy_channel_numbers else CHANNEL_MAX):
             raise TurnError(400, "Bad Request")
         self._check_peer(allocation, peer)
         bound = allocation.channels.get(channel)

@@ -168,6 +168,8 @@ def write_config(directory: Path, port: int, *, users: Mapping[str, str] | None 
         "LoggingType": "cout",
         "LogLevel": "INFO",
         "AllowedPeerAddresses": "127.0.0.0/8, ::1/128",
+        # coturn 4.6's turnutils_uclient picks channel numbers up to 0x7FFF (RFC 5766); RFC 8656 stops at 0x4FFF.
+        "LegacyChannelNumbers": "true",
     }
     keys.update(extra or {})
     path = directory / name

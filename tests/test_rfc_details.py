@@ -288,3 +288,13 @@ def test_decoder_keeps_the_types_of_known_attributes_that_did_not_parse() -> Non
     message = decode_message(data, keep_invalid=True)
     assert message.invalid_attributes == (REQUESTED_TRANSPORT,)
     assert message.get(Attr.REQUESTED_TRANSPORT) is None and message.get(Attr.LIFETIME) == 0
+
+
+def test_legacy_channel_numbers_accepts_the_rfc5766_range_only_when_asked() -> None:
+    """LegacyChannelNumbers = true: 0x5000-0x7FFF as RFC 5766 §11 allowed (coturn's clients pick them)."""
+    harness = Harness(make_config(legacy_channel_numbers=True))
+    client = harness.client()
+    client.allocate()
+    assert client.channel_bind(0x7FFF).error_code is None
+    assert harness.send(struct.pack("!HH", 0x7FFF, 2) + b"hi", client.five_tuple).of(SendToPeer)
+    assert client.channel_bind(0x8000, ("198.51.100.9", 1)).error_code == 400
