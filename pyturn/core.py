@@ -1,7 +1,9 @@
 """The sans-IO STUN/TURN server: bytes, addresses and the time in; bytes to send and actions out.
 
 The asyncio adapters (pyturn.transport) own every socket. For an Allocate that passes every check the core
-asks for a relay socket (OpenRelay) and the adapter answers with relay_opened() or relay_failed(). For the
+asks for a relay socket (OpenRelay) and the adapter answers with relay_opened() or relay_failed(). For EVEN-PORT
+with the R bit the adapter also binds the odd port above and holds it until the RESERVATION-TOKEN is redeemed
+(OpenRelay.reserved takes that socket over) or the core lets it go (ReleasePort). For the
 relay hot path the core keeps route tables the adapter reads directly:
 
 * ``routes(transport, server)[(client, channel)] -> (relay_handle, peer)`` for client -> peer ChannelData;
@@ -64,7 +66,6 @@ FAMILY_IPV4 = 1
 FAMILY_IPV6 = 2
 CHANGE_IP = 0x04  # RFC 5780 §7.2 CHANGE-REQUEST flags
 CHANGE_PORT = 0x02
-OPEN_RELAY_ATTEMPTS = 16  # binds tried on other ports when another process holds the chosen one
 _TOKEN_BODY = struct.Struct("!HHB")  # relay port, issue time (seconds, mod 2**16), address family
 _TOKEN_MAC = 3  # bytes of MAC in the 8-byte token: forging one only names a port, it authorises nothing
 LEGACY_CHANNEL_MAX = 0x7FFF  # RFC 5766 §11's top channel number (LegacyChannelNumbers)
@@ -91,7 +92,12 @@ class SendFrom:
 
 @dataclass(frozen=True, slots=True)
 class OpenRelay:
-    """Bind a UDP relay socket at (host, port); host may be a wildcard, then bind the address the client reached."""
+    """Bind a UDP relay socket at (host, port); host may be a wildcard, then bind the address the client reached.
+
+    reserve_next (EVEN-PORT with R, RFC 8656 §7.2): also bind port+1 on the same address and hold that socket for
+    the RESERVATION-TOKEN; when either bind fails with EADDRINUSE, report the port that failed. reserved: `port`
+    is a redeemed token's; take over the socket held for it if this process holds one, else bind it.
+    """
 
     token: int
     five_tuple: FiveTuple
@@ -99,6 +105,16 @@ class OpenRelay:
     host: str
     port: int
     dont_fragment: bool
+    reserve_next: bool = False
+    reserved: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasePort:
+    """Close the socket held for a reservation: its token expired or can no longer be redeemed."""
+
+    family: int
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +172,7 @@ class AuthFailed:
 
 
 Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
-Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | Event
+Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | ReleasePort | Event
 
 
 class RelayFailure(Enum):
@@ -191,6 +207,7 @@ class _PendingAllocation:
 class _Reservation:
     port: int
     expires: float
+    family: int
 
 
 def _family_of(host: str) -> int:
@@ -327,11 +344,14 @@ class TurnServerCore:
         five_tuple = pending.five_tuple
         if five_tuple in self._allocations:  # only an adapter that binds asynchronously could get here
             pending.release_ports(self._ports)
-            return [CloseRelay(handle)]
+            held = [ReleasePort(pending.family, bound[1] + 1)] if pending.reserve_next else []
+            return [CloseRelay(handle), *held]
         reservation_token: bytes | None = None
         if pending.reserve_next:
             reservation_token = self._reservation_token(bound[1] + 1, pending.family, now)
-            self._reservations[reservation_token] = _Reservation(bound[1] + 1, now + RESERVATION_LIFETIME)
+            self._reservations[reservation_token] = _Reservation(
+                bound[1] + 1, now + RESERVATION_LIFETIME, pending.family
+            )
             self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
         external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
         relayed = (external, bound[1]) if external else bound
@@ -369,18 +389,26 @@ class TurnServerCore:
             AllocationCreated(five_tuple, credentials.username, relayed, pending.lifetime),
         ]
 
-    def relay_failed(self, token: int, failure: RelayFailure, now: float) -> list[Action]:
-        """The adapter could not bind the relay socket asked for by OpenRelay(token)."""
+    def relay_failed(
+        self, token: int, failure: RelayFailure, now: float, *, port: int | None = None
+    ) -> list[Action]:
+        """The adapter could not bind the relay socket asked for by OpenRelay(token); `port` is the one whose bind
+        failed when it is not OpenRelay.port (the odd port of an EVEN-PORT pair)."""
         self._now = now
         pending = self._pending.pop(token, None)
         if pending is None:
             return []
         if failure is RelayFailure.PORT_IN_USE:
-            self._ports.mark_busy(pending.port, now)
-            if pending.reserve_next:
-                self._ports.release(pending.port + 1)
-            if not pending.from_reservation and pending.attempts < OPEN_RELAY_ATTEMPTS:
-                port = self._ports.take(now, even=pending.even, with_next=pending.reserve_next)
+            busy = pending.port if port is None else port
+            # Another process holds `busy`: skip it for a while, free the rest of the pair, and go on walking the
+            # range from here. Every candidate is tried at most once, so 508 means the range is really exhausted
+            # (RFC 8656 §7.2), however many ports other processes hold.
+            self._ports.mark_busy(busy, now)
+            for taken in (pending.port, pending.port + 1) if pending.reserve_next else (pending.port,):
+                if taken != busy:
+                    self._ports.release(taken)
+            if not pending.from_reservation and pending.attempts <= self._ports.size:
+                port = self._ports.take(now, even=pending.even, with_next=pending.reserve_next, after=pending.port)
                 if port is not None:
                     pending.port = port
                     pending.attempts += 1
@@ -419,7 +447,9 @@ class TurnServerCore:
             # pop_due only yields an object's one scheduled entry (see _deadline_current). A refresh moved the
             # object's own deadline, not its entry: an entry that fires early is pushed again at the new time.
             if kind is DeadlineKind.RESERVATION:
-                self._ports.release(self._reservations.pop(item).port)
+                reservation = self._reservations.pop(item)
+                self._ports.release(reservation.port)
+                actions.append(ReleasePort(reservation.family, reservation.port))
                 continue
             allocation: Allocation = owner
             if kind is DeadlineKind.RESPONSES:
@@ -833,7 +863,8 @@ class TurnServerCore:
         self._next_token += 1
         self._pending[self._next_token] = pending
         return OpenRelay(
-            self._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment
+            self._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment,
+            reserve_next=pending.reserve_next, reserved=pending.from_reservation,
         )
 
     @staticmethod
@@ -889,8 +920,7 @@ class TurnServerCore:
             table.pop((five_tuple.client, channel), None)
         allocation.channel_for_peer.clear()
         self._ports.release(allocation.relayed[1])
-        if allocation.reserved_port is not None:
-            self._release_reservation(allocation.reserved_port)
+        released = self._release_reservation(allocation.reserved_port) if allocation.reserved_port else []
         log.info(
             "allocation %s:%d/%s deleted (%s)",
             five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason,
@@ -901,7 +931,7 @@ class TurnServerCore:
         allocation.channels.clear()
         allocation.permissions.clear()
         allocation.responses.clear()
-        return [CloseRelay(handle), AllocationDeleted(five_tuple, reason, handle)]
+        return [CloseRelay(handle), *released, AllocationDeleted(five_tuple, reason, handle)]
 
     def _reservation_token(self, port: int, family: int, now: float) -> bytes:
         """RFC 8656 §14.9 RESERVATION-TOKEN: port, issue time, family and a MAC, so any worker sharing the secret
@@ -922,11 +952,12 @@ class TurnServerCore:
         port, issued, family = _TOKEN_BODY.unpack(token[:size])
         if (int(now) - issued) & 0xFFFF > RESERVATION_LIFETIME:
             raise TurnError(508, "Insufficient Capacity")
-        reservation = self._reservations.pop(token, None)
+        reservation = self._reservations.get(token)
         if reservation is not None:
-            self._deadlines.note_stale()
             if reservation.expires <= now:
-                raise TurnError(508, "Insufficient Capacity")
+                raise TurnError(508, "Insufficient Capacity")  # lapsed: the tick releases it and its socket
+            del self._reservations[token]
+            self._deadlines.note_stale()
             return reservation.port, family  # the port is held by the pool since the even allocation
         config = self.config
         if config.allocation_port_range_min <= port <= config.allocation_port_range_max:
@@ -934,13 +965,15 @@ class TurnServerCore:
         # Issued by another worker (another slice of the range): its bind tells whether the port is still free.
         return port, family
 
-    def _release_reservation(self, port: int) -> None:
+    def _release_reservation(self, port: int) -> list[Action]:
+        """The reserving allocation went away: its unredeemed reservation goes too (RFC 8656 §7.2)."""
         for token, reservation in list(self._reservations.items()):
             if reservation.port == port:
                 del self._reservations[token]
                 self._deadlines.note_stale()
                 self._ports.release(port)
-                return
+                return [ReleasePort(reservation.family, port)]
+        return []
 
     # ---------------------------------------------------------------------------------------- responses
     @staticmethod

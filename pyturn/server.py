@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -54,6 +55,25 @@ class ReloadResult:
     loaded: bool
     users: int
     problems: list[str] = field(default_factory=list)
+
+
+EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_overlap(low: int, high: int, source: Path = EPHEMERAL_PORT_RANGE) -> str | None:
+    """A warning when the relay range low..high overlaps the kernel's ephemeral (local) port range.
+
+    Any process's unbound or connect()ed socket may then take a relay port. pyturn skips such ports (a bind that
+    fails moves on to the next one), but a relay range outside the ephemeral range is never contended."""
+    try:
+        first, last = (int(field) for field in source.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        return None  # not Linux, or unreadable: nothing to compare with
+    if low > last or first > high:
+        return None
+    return (f"the relay port range AllocationPortRangeMin..Max = {low}-{high} overlaps the kernel's ephemeral port "
+            f"range {first}-{last} ({source}): other processes' sockets can hold relay ports, which are then "
+            f"skipped; a relay range outside {first}-{last} avoids the contention")
 
 
 def loopback_config(**overrides: Any) -> Config:
@@ -254,6 +274,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self.core = TurnServerCore(self.config, users=self._lookup, secret=self._secret)
         self._runtime = Runtime(self.core, loop, self._event_log)
+        self._runtime.share_reserved_ports = self._reuse_port  # workers: tokens are redeemed across processes
         try:
             await self._open_listeners()
         except BaseException:
@@ -424,6 +445,7 @@ class Server:
                 stream.close()
             for relay in list(self._runtime.relays):
                 relay.close()
+            self._runtime.close_reserved()
         for server in self._streams:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
