@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = pytest.mark.requires(sys.platform.startswith("linux"), "reads /proc")
 
 
 def test_bench_smoke_produces_results_json(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from turnclient import CLIENT, PEER, SERVER, Harness, Result, TurnClient, build, make_config, new_tid
 
-from pyturn.allocation import CHANNEL_LIFETIME, PERMISSION_LIFETIME, FiveTuple, Transport
+from pyturn.allocation import FiveTuple, Transport
 from pyturn.core import (
     AllocationCreated,
     AllocationDeleted,
@@ -30,6 +30,9 @@ from pyturn.stun import (
     verify_integrity,
 )
 
+# The RFC's numbers, written here rather than imported from the code under test.
+PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: a permission lasts 300 s
+CHANNEL_LIFETIME = 600.0  # RFC 8656 §12: a channel binding lasts 10 minutes
 PEER2 = ("198.51.100.8", 6000)
 PEER_SAME_IP = (PEER[0], 5001)
 

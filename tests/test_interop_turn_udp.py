@@ -34,6 +34,7 @@ from interop import (
     turnutils_peer,
     write_config,
 )
+from requirements import require
 
 from pyturn.config import Config
 from pyturn.server import Server
@@ -225,8 +226,7 @@ def test_interop_uclient_ipv6_relays_keep_their_family_across_the_reservation(
 ) -> None:
     # -x asks for IPv6 relays (RFC 6156 REQUESTED-ADDRESS-FAMILY) from the IPv4 listener; the RTCP allocation
     # presents only the RESERVATION-TOKEN and must still get an IPv6 relay (RFC 8656 §7.2).
-    if not has_ipv6():
-        pytest.skip("no IPv6 loopback on this host")
+    require(has_ipv6(), "no IPv6 loopback on this host")
     server, peer_port = uclient_setup
     report = run_uclient([
         "-x", "-e", LOOPBACK_V6, "-r", str(peer_port), "-u", USERNAME, "-w", PASSWORD, "-p", str(server.port),

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient, TurnRequestFailed
+from requirements import require, require_module
 from turnclient import PEER, Harness, TurnClient, make_config, new_tid
 
 import pyturn.transport
@@ -298,3 +299,24 @@ def test_legacy_channel_numbers_accepts_the_rfc5766_range_only_when_asked() -> N
     assert client.channel_bind(0x7FFF).error_code is None
     assert harness.send(struct.pack("!HH", 0x7FFF, 2) + b"hi", client.five_tuple).of(SendToPeer)
     assert client.channel_bind(0x8000, ("198.51.100.9", 1)).error_code == 400
+
+
+# ------------------------------------------------------------------------------------- test policy
+@pytest.mark.parametrize("value", ["true", "1", "True", "TRUE", "yes"])
+def test_require_fails_under_ci_in_any_casing(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CI", value)
+    with pytest.raises(pytest.fail.Exception):
+        require(False, "a tool this test needs")
+    require(True, "present: nothing happens")
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "false", "False"])
+def test_require_skips_outside_ci(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    if value is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", value)
+    with pytest.raises(pytest.skip.Exception):
+        require(False, "a tool this test needs")
+    with pytest.raises(pytest.skip.Exception):
+        require_module("no_such_package_pyturn_tests")
