@@ -114,3 +114,46 @@ async def test_fast_path_stops_relaying_a_channel_whose_permission_expired_withi
     assert last["to_peer"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
     assert last["channel_to_client"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
     assert last["data_indication_to_client"] == 0.0
+
+
+async def test_tcp_fast_path_stops_relaying_a_channel_within_one_tick_of_its_expiry(
+    monkeypatch: pytest.MonkeyPatch, peer_socket: socket.socket
+) -> None:
+    """The same over TCP: StreamConnection's route lookup and the relay's stream write (RFC 8656 §12.5)."""
+    from test_interop_tcp_tls import StreamTurnClient
+
+    monkeypatch.setattr(pyturn.core, "CHANNEL_LIFETIME", SHORT_LIFETIME)
+    loop = asyncio.get_running_loop()
+    last = {"to_peer": 0.0, "channel_to_client": 0.0}
+    async with Server(loopback_config(), users={USERNAME: PASSWORD}, transports=("tcp",)) as server:
+        assert server.core is not None
+        client = await StreamTurnClient.connect(server.addresses["tcp"][0])
+        try:
+            relayed = await client.allocate_with_channel(peer_socket.getsockname(), CHANNEL)
+            allocation = next(iter(server.core.allocations.values()))
+            expires = allocation.channels[CHANNEL].expires
+
+            async def read_frames() -> None:
+                while True:
+                    frame = await client.next_frame(timeout=WATCH_AFTER + SHORT_LIFETIME + 5)
+                    if frame[0] & 0xC0 == 0x40 and decode_channel_data(frame) == (CHANNEL, b"peer"):
+                        last["channel_to_client"] = loop.time()
+
+            reader = asyncio.create_task(read_frames())
+            frame = encode_channel_data(CHANNEL, b"client", pad=True)
+            while loop.time() < expires + WATCH_AFTER:
+                await client.write(frame)
+                peer_socket.sendto(b"peer", relayed)
+                await asyncio.sleep(PACE)
+                while True:
+                    try:
+                        data, _ = peer_socket.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    if data == b"client":
+                        last["to_peer"] = loop.time()
+            reader.cancel()
+        finally:
+            await client.close()
+    assert expires - 0.5 <= last["to_peer"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
+    assert expires - 0.5 <= last["channel_to_client"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
