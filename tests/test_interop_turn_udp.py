@@ -83,10 +83,16 @@ async def test_interop_aioice_channel_relays_to_echo_peer(inprocess_server: Serv
         assert (data, source) == (b"first over a channel", peer_address)
         assert peer.seen[0][1] == relayed  # the peer saw the relayed transport address
         # channel_refresh_time=1: the next send after a second re-binds the same channel (a ChannelBind refresh).
+        assert inprocess_server.core is not None
+        allocation = next(iter(inprocess_server.core.allocations.values()))
+        ((channel, binding),) = allocation.channels.items()
+        bound_until = binding.expires
         await asyncio.sleep(1.1)
         turn.sendto(b"after the channel refresh", peer_address)
         data, source = await asyncio.wait_for(collector.queue.get(), IO_TIMEOUT)
         assert (data, source) == (b"after the channel refresh", peer_address)
+        await _wait_until(lambda: binding.expires > bound_until)  # the refresh reached the server ...
+        assert allocation.channels == {channel: binding}  # ... for the same channel and peer
         assert inprocess_server.allocation_count() == 1
     finally:
         turn.close()
