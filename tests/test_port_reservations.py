@@ -146,14 +146,14 @@ async def test_two_hundred_rtp_rtcp_pairs_without_508_while_other_sockets_hold_p
 async def test_even_port_pairs_exhausted_only_when_no_free_pair_is_left() -> None:
     """A small range where every pair but one is blocked by an odd port held elsewhere: the one free pair is found,
     and the next request gets 508 (RFC 8656 §7.2: the range is exhausted)."""
-    low, high = 43000, 43019
-    blockers = [sock for sock in (_bind(port) for port in range(low + 1, high + 1, 2) if port != 43013) if sock]
+    low, high = 21000, 21019  # below the ephemeral range: no socket of the host takes one by chance
+    blockers = [sock for sock in (_bind(port) for port in range(low + 1, high + 1, 2) if port != 21013) if sock]
     try:
         config = loopback_config(allocation_port_range_min=low, allocation_port_range_max=high)
         async with Server(config, users={USERNAME: PASSWORD}, transports=("udp",)) as server:
             address = server.addresses["udp"][0]
             with contextlib.ExitStack() as clients:
-                assert await _rtp_rtcp_pair(address, clients) == (43012, 43013)
+                assert await _rtp_rtcp_pair(address, clients) == (21012, 21013)
             with MiniTurnClient(address) as client, pytest.raises(TurnRequestFailed) as refused:
                 await client.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17), (Attr.EVEN_PORT, True))
             assert refused.value.code == 508
@@ -166,8 +166,8 @@ async def test_workers_redeem_each_others_tokens_and_the_placeholder_gets_nothin
     """Workers (SO_REUSEPORT): a token issued by one server is redeemed by another sharing the secret; the
     redeeming relay takes the port over from the issuer's held socket, and receives the peer's datagrams."""
     secret = b"s" * 32
-    issuer_config = loopback_config(allocation_port_range_min=43100, allocation_port_range_max=43199)
-    redeemer_config = loopback_config(allocation_port_range_min=43200, allocation_port_range_max=43299)
+    issuer_config = loopback_config(allocation_port_range_min=21100, allocation_port_range_max=21199)
+    redeemer_config = loopback_config(allocation_port_range_min=21200, allocation_port_range_max=21299)
     users = {USERNAME: PASSWORD}
     async with Server(issuer_config, users=users, transports=("udp",), secret=secret, reuse_port=True) as issuer, \
             Server(redeemer_config, users=users, transports=("udp",), secret=secret, reuse_port=True) as redeemer:
