@@ -204,8 +204,12 @@ def run(config: Config, *, pid_file: PidFile | None = None, report: StartupRepor
 
     With Workers other than 1 this process becomes the master of worker processes (pyturn.workers).
     """
+    from pyturn.server import ephemeral_overlap
     from pyturn.workers import run_workers, worker_count
 
+    overlap = ephemeral_overlap(config.allocation_port_range_min, config.allocation_port_range_max)
+    if overlap is not None:
+        log.warning("%s", overlap)
     if worker_count(config) > 1:
         return run_workers(config, _worker_main, report)
     _event_loop_policy()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from interop import LOOPBACK, free_port, stop_process, wait_for_binding, write_config
+from requirements import require
 
 import pyturn
 
@@ -33,16 +34,9 @@ INSTALL_TIMEOUT = 240.0
 RUN_TIMEOUT = 120.0
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1")
-
-
 def _require_module(name: str) -> None:
-    if importlib.util.find_spec(name) is None:
-        message = f"python package {name} is not installed (pip install -e '.[dev]')"
-        if _under_ci():
-            pytest.fail(f"{message}; CI=true makes it mandatory")
-        pytest.skip(message)
+    require(importlib.util.find_spec(name) is not None,
+            f"python package {name} is not installed (pip install -e '.[dev]')")
 
 
 def _run(command: list[str], timeout: float, **options: object) -> subprocess.CompletedProcess[str]:
