@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from hashlib import sha256
@@ -38,12 +38,13 @@ from pyturn.allocation import (
     FiveTuple,
     Transport,
 )
-from pyturn.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
+from pyturn.auth import Challenge, Credentials, NonceSigner, NonceState, UserLookup, authenticate
 from pyturn.config import Config
 from pyturn.errors import StunDecodeError, TurnError
 from pyturn.policy import PeerPolicy, Verdict
 from pyturn.ports import PortPool
 from pyturn.ratelimit import SourceLimiter
+from pyturn.redirect import Alternates, Capacity
 from pyturn.stats import MALFORMED, RATE_LIMITED, CoreStats
 from pyturn.stun import (
     Address,
@@ -243,11 +244,17 @@ class TurnServerCore:
         policy: PeerPolicy | None = None,
         rng: random.Random | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
+        nonce_secrets: Sequence[bytes] = (),
     ) -> None:
         self.config = config
         self._users = users
         self._secret = secret if secret is not None else randbytes(32)
-        self._nonces = NonceSigner(self._secret, config.nonce_lifetime)
+        # NonceSecretFile (pyturn.noncesecret): instances sharing it accept each other's nonces.
+        self._nonces = NonceSigner(nonce_secrets or self._secret, config.nonce_lifetime)
+        # Set by the adapter (docs/scaling.md): while either is true new Allocates are redirected or refused.
+        self.draining = False
+        self.over_bitrate = False
+        self.alternates = Alternates(config.alternate_servers, config.alternate_domain, config.tls_turn_port)
         self.policy = policy if policy is not None else PeerPolicy(
             denied=config.denied_peer_addresses,
             allowed=config.allowed_peer_addresses,
@@ -293,6 +300,14 @@ class TurnServerCore:
         self.policy = self.policy.with_server_addresses(
             relay, host, relay_ports=relay_ports, listener_ports=listener_ports
         )
+
+    def set_nonce_secrets(self, secrets: Sequence[bytes]) -> None:
+        """NonceSecretFile reloaded: the first secret signs new nonces, all are accepted."""
+        self._nonces.set_secrets(secrets)
+
+    def set_own_addresses(self, own: Iterable[Address]) -> None:
+        """Every (IP, port) clients reach this instance at: AlternateServers entries among them are skipped."""
+        self.alternates = self.alternates.with_own(own)
 
     def set_alternate(self, primary: Address, other: Address) -> None:
         """The bound (TurnAddress, TurnPort) and (AltStunAddress, AltStunPort) pair of RFC 5780 mode."""
@@ -442,6 +457,12 @@ class TurnServerCore:
                     pending.attempts += 1
                     return [self._open_relay(pending)]
             error = TurnError(508, "Insufficient Capacity")
+            if not pending.from_reservation:
+                try:  # the range is really exhausted: another instance may have ports left
+                    return self._redirect(pending.request, pending.five_tuple, pending.credentials,
+                                          Capacity.PORTS_EXHAUSTED, now)
+                except TurnError as refused:
+                    error = refused
         else:
             pending.release_ports(self._ports)
             if failure is RelayFailure.FAMILY_UNAVAILABLE:
@@ -704,9 +725,9 @@ class TurnServerCore:
         user = (credentials.username, credentials.realm)
         if config.max_allocations_per_user and self._per_user.get(user, 0) >= config.max_allocations_per_user:
             raise TurnError(486, "Allocation Quota Reached")
-        if config.max_allocations and len(self._allocations) + len(self._pending) >= config.max_allocations:
-            # Server-wide capacity, not a user's quota: RFC 8656 §7.2 "508 Insufficient Capacity" (try elsewhere).
-            raise TurnError(508, "Insufficient Capacity")
+        full = self._capacity_reason()
+        if full is not None:
+            return self._redirect(request, five_tuple, credentials, full, now)
         lifetime = self._lifetime(request)
         reserve_next = bool(even_port)
         if token is not None:
@@ -715,6 +736,8 @@ class TurnServerCore:
             port, family = self._redeem(token, now)
         else:
             port = self._ports.take(now, even=even_port is not None, with_next=reserve_next)
+            if port is None:
+                return self._redirect(request, five_tuple, credentials, Capacity.PORTS_EXHAUSTED, now)
         if port is None:
             raise TurnError(508, "Insufficient Capacity")
         pending = _PendingAllocation(
@@ -731,6 +754,41 @@ class TurnServerCore:
             from_reservation=token is not None,
         )
         return [self._open_relay(pending)]
+
+    def _capacity_reason(self) -> str | None:
+        """Why a new allocation is not taken here (pyturn.redirect.Capacity), or None."""
+        if self.draining:
+            return Capacity.DRAINING
+        limit = self.config.max_allocations
+        if limit and len(self._allocations) + len(self._pending) >= limit:
+            return Capacity.MAX_ALLOCATIONS
+        if self.over_bitrate:
+            return Capacity.BITRATE
+        return None
+
+    def _redirect(
+        self, request: Message, five_tuple: FiveTuple, credentials: Credentials, reason: str, now: float
+    ) -> list[Action]:
+        """RFC 8489 §10: 300 Try Alternate naming another instance, authenticated with the request's key so an
+        off-path attacker cannot forge it; 508 (RFC 8656 §7.2) when no alternate fits or the client was already
+        redirected once (the loop guard, pyturn.redirect)."""
+        target = self.alternates.choose(five_tuple.client, five_tuple.transport)
+        nonce = request.get(Attr.NONCE)
+        if target is None or (nonce is not None and self._nonces.check(nonce, now) is NonceState.REDIRECTED):
+            log.info("allocation for %s:%d/%s refused (%s): 508",
+                     five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason)
+            raise TurnError(508, "Insufficient Capacity")
+        log.info("allocation for %s:%d/%s redirected to %s:%d (%s)", five_tuple.client[0], five_tuple.client[1],
+                 five_tuple.transport.value, target.server[0], target.server[1], reason)
+        response = self._error(request, TurnError(300, "Try Alternate"))
+        response.add(Attr.ALTERNATE_SERVER, target.server)
+        if target.domain is not None:
+            response.add(Attr.ALTERNATE_DOMAIN, target.domain)
+        # REALM and a nonce marked "redirected": clients that take them (libwebrtc does) need no 401 round trip at
+        # an instance sharing NonceSecretFile, and that instance will not redirect them again.
+        response.add(Attr.REALM, credentials.realm)
+        response.add(Attr.NONCE, self._nonces.issue(now, redirected=True))
+        return [self._reply(request, response, five_tuple, credentials.key)]
 
     def _refresh(
         self,
