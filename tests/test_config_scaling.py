@@ -45,7 +45,8 @@ def test_scaling_defaults(tmp_path: Path) -> None:
 def test_alternate_servers_yaml_list(tmp_path: Path) -> None:
     (tmp_path / "users.txt").write_text("test:1234:reTurn:authorized\n")
     path = tmp_path / "pyturn.yaml"
-    path.write_text("UserDatabaseFile: users.txt\nAlternateServers:\n  - 198.51.100.20:3478\n  - '[2001:db8::20]:3478'\n")
+    path.write_text("UserDatabaseFile: users.txt\n"
+                    "AlternateServers:\n  - 198.51.100.20:3478\n  - '[2001:db8::20]:3478'\n")
     config, _ = load_config(path)
     assert config.alternate_servers == (("198.51.100.20", 3478), ("2001:db8::20", 3478))
 
