@@ -1,0 +1,384 @@
+"""Deployment-shaped test rigs: a private network namespace with documentation addresses on it.
+
+A :class:`Namespace` is created with ``ip netns add`` under a unique name, gets ``lo`` up and the handbook's
+addresses (RFC 5737 198.51.100.0/24 and RFC 3849 2001:db8::/32: documentation ranges, never routed), and is
+always deleted again, whatever happens inside the ``with`` block. Nothing here sends a packet outside the
+namespace: servers and tools run under ``ip netns exec``, Python clients run in a thread that joined the
+namespace with setns(2) (a network namespace is a per-thread attribute, and a socket stays in the namespace it
+was created in), and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import pty
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from pyturn.stun import Message, MessageClass, Method, decode_message, encode_message
+
+T = TypeVar("T")
+
+TURN_ADDRESS = "198.51.100.19"
+ALT_STUN_ADDRESS = "198.51.100.20"
+TURN_V6_ADDRESS = "2001:db8:1000:2000::19"
+PEER_ADDRESS = "198.51.100.30"  # a peer host that is not the server (turnutils_peer)
+DEFAULT_ADDRESSES = (f"{TURN_ADDRESS}/32", f"{ALT_STUN_ADDRESS}/32", f"{TURN_V6_ADDRESS}/128")
+
+COMMAND_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+READY_TIMEOUT = 10.0
+_CLONE_NEWNET = 0x40000000  # <sched.h>; os.setns only exists from Python 3.12 on
+_NETNS_DIR = Path("/run/netns")
+
+
+def under_ci() -> bool:
+    """CI=true / 1 in any casing: a missing tool, package or privilege must fail the test instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def unavailable(message: str) -> None:
+    """Skip the test locally; fail it under CI."""
+    if under_ci():
+        pytest.fail(f"{message} (CI: deployment tests are mandatory)")
+    pytest.skip(message)
+
+
+def require_root_netns() -> None:
+    """Root and a working `ip netns` are needed to build a deployment."""
+    if os.geteuid() != 0:
+        unavailable("deployment tests need root (network namespaces)")
+    if shutil.which("ip") is None:
+        unavailable("`ip` (iproute2) is not installed")
+    try:
+        subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, timeout=COMMAND_TIMEOUT)
+    except (OSError, subprocess.SubprocessError) as error:
+        unavailable(f"`ip netns` does not work here: {error}")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} is not installed")
+        raise AssertionError("unreachable")
+    return path
+
+
+def require_module(name: str) -> None:
+    try:
+        __import__(name)
+    except ImportError:
+        unavailable(f"python package {name} is not installed")
+
+
+def _run(argv: list[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({completed.returncode}): {completed.stderr.strip()}")
+    return completed
+
+
+def _setns(path: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns({path}): {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL after timeout; always reaped."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait(timeout)
+
+
+class Namespace:
+    """A uniquely named network namespace, deleted on exit together with every process started in it."""
+
+    def __init__(self, addresses: Iterable[str] = DEFAULT_ADDRESSES, *, dummy: bool = False) -> None:
+        self.name = f"pyturn-{os.getpid()}-{secrets.token_hex(4)}"
+        self.addresses = list(addresses)
+        # lo is enough for the kernel; a `dummy` device carries the addresses too when `dummy` is set, for
+        # stacks that refuse to gather candidates on a loopback interface.
+        self.dummy = dummy
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.created = False
+
+    # ------------------------------------------------------------------ lifetime
+    def __enter__(self) -> Namespace:
+        try:
+            _run(["ip", "netns", "add", self.name])
+            self.created = True
+            self.ip("link", "set", "lo", "up")
+            if self.dummy:
+                self.ip("link", "add", "turn0", "type", "dummy")
+                self.ip("link", "set", "turn0", "up")
+            for address in self.addresses:
+                self._add(address)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process started here (and anything else still running in the namespace), then delete it."""
+        for process in reversed(self.processes):
+            stop_process(process)
+        self.processes.clear()
+        if not self.created:
+            return
+        with contextlib.suppress(Exception):
+            leftovers = _run(["ip", "netns", "pids", self.name]).stdout.split()
+            for pid in leftovers:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for _ in range(20):  # `ip netns delete` can race with a process that is still exiting
+            try:
+                _run(["ip", "netns", "delete", self.name])
+                break
+            except (RuntimeError, subprocess.TimeoutExpired):
+                time.sleep(0.1)
+        self.created = (_NETNS_DIR / self.name).exists()
+
+    # ------------------------------------------------------------------ configuration
+    def ip(self, *arguments: str) -> str:
+        return _run(["ip", "-n", self.name, *arguments]).stdout
+
+    def _add(self, address: str) -> None:
+        device = "turn0" if self.dummy else "lo"
+        extra = ["nodad"] if ":" in address else []  # no duplicate address detection: usable at once
+        self.ip("addr", "add", address, "dev", device, *extra)
+
+    def add_address(self, address: str) -> None:
+        """Another address, e.g. a peer host: '198.51.100.30' (a /32 or /128 unless a prefix is given)."""
+        if "/" not in address:
+            address += "/128" if ":" in address else "/32"
+        self._add(address)
+        self.addresses.append(address)
+
+    # ------------------------------------------------------------------ processes
+    def command(self, *argv: str | os.PathLike[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *(str(part) for part in argv)]
+
+    def run(self, *argv: str | os.PathLike[str], timeout: float = COMMAND_TIMEOUT,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace to completion (bounded); output captured as text."""
+        try:
+            return subprocess.run(self.command(*argv), capture_output=True, text=True, timeout=timeout, input=input)
+        except subprocess.TimeoutExpired as error:
+            out = error.stdout.decode(errors="replace") if isinstance(error.stdout, bytes) else (error.stdout or "")
+            raise AssertionError(f"{' '.join(map(str, argv))} ran over {timeout} s:\n{out[-4000:]}") from None
+
+    def popen(self, *argv: str | os.PathLike[str], **options: Any) -> subprocess.Popen[Any]:
+        """Start a command inside the namespace; it is stopped when the namespace closes at the latest."""
+        process: subprocess.Popen[Any] = subprocess.Popen(self.command(*argv), **options)
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
+        stop_process(process, timeout)
+        if process in self.processes:
+            self.processes.remove(process)
+
+    # ------------------------------------------------------------------ Python inside the namespace
+    def call(self, function: Callable[[], T], timeout: float) -> T:
+        """Run function in a new thread that joined the namespace; its result, or its exception re-raised."""
+        outcome: list[Any] = []
+
+        def body() -> None:
+            try:
+                _setns(_NETNS_DIR / self.name)
+                outcome.append((True, function()))
+            except BaseException as error:  # handed to the caller
+                outcome.append((False, error))
+
+        thread = threading.Thread(target=body, name=f"in-{self.name}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise AssertionError(f"code inside namespace {self.name} ran over {timeout} s")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def run_async(self, coroutine: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+        """asyncio.run(coroutine()) inside the namespace, bounded by timeout."""
+
+        async def bounded() -> T:
+            return await asyncio.wait_for(coroutine(), timeout)
+
+        return self.call(lambda: asyncio.run(bounded()), timeout + 5.0)
+
+    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+        """A socket that lives in the namespace (usable from any thread)."""
+        return self.call(lambda: socket.socket(family, kind), COMMAND_TIMEOUT)
+
+
+# ---------------------------------------------------------------------------------------------- STUN probe
+def udp_binding(sock: socket.socket, server: tuple[str, int], timeout: float) -> Message | None:
+    """One Binding over a UDP socket; the success response, or None on timeout / ICMP refusal."""
+    request = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        sock.sendto(encode_message(request), server)
+        while time.monotonic() < deadline:
+            data = sock.recv(2048)
+            response = decode_message(data)
+            if response.transaction_id == request.transaction_id:
+                return response
+    except OSError:
+        return None
+    return None
+
+
+# -------------------------------------------------------------------------------------------- pyturn
+@dataclass
+class PyturnServer:
+    namespace: Namespace
+    process: subprocess.Popen[bytes]
+    config: Path
+    log_path: Path
+    startup_seconds: float = 0.0
+    address: tuple[str, int] = (TURN_ADDRESS, 3478)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait_for_log(self, text: str, timeout: float = READY_TIMEOUT, start: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log()[start:]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+
+
+def write_config(directory: Path, keys: Mapping[str, object], name: str = "reTurnServer.config") -> Path:
+    path = directory / name
+    path.write_text("".join(f"{key} = {value}\n" for key, value in keys.items()))
+    return path
+
+
+@contextlib.contextmanager
+def pyturn_in(namespace: Namespace, config: Path, address: tuple[str, int] = (TURN_ADDRESS, 3478), *,
+              ready_timeout: float = READY_TIMEOUT) -> Iterator[PyturnServer]:
+    """`python -m pyturn -c CONFIG` inside the namespace until it answers a Binding on address; SIGTERM at exit."""
+    log_path = config.parent / "pyturn.log"
+    with open(log_path, "wb") as log_file:
+        process = namespace.popen(sys.executable, "-m", "pyturn", "-c", config, stdout=log_file,
+                                  stderr=subprocess.STDOUT, cwd=config.parent)
+    server = PyturnServer(namespace, process, config, log_path, address=address)
+    try:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        started = time.monotonic()
+        with namespace.socket(family, socket.SOCK_DGRAM) as probe:
+            while udp_binding(probe, address, 0.1) is None:
+                if process.poll() is not None or time.monotonic() - started > ready_timeout:
+                    raise AssertionError(f"pyturn did not answer a Binding on {address} within {ready_timeout} s "
+                                         f"(exit code {process.poll()}):\n{server.log()[-4000:]}")
+        server.startup_seconds = time.monotonic() - started
+        yield server
+    finally:
+        namespace.stop(process)
+
+
+# ------------------------------------------------------------------------------------------- htdigest
+@dataclass
+class Htdigest:
+    """Debian's `htdigest` (apache2-utils), which reads the password twice from the terminal."""
+
+    path: str = field(default_factory=lambda: require_tool("htdigest"))
+    timeout: float = COMMAND_TIMEOUT
+
+    def add(self, users_file: Path, realm: str, username: str, password: str) -> None:
+        """Add (or change) a user; creates the file when it does not exist yet (htdigest -c)."""
+        argv = [self.path, *([] if users_file.exists() else ["-c"]), str(users_file), realm, username]
+        pid, fd = pty.fork()
+        if pid == 0:  # child: the pty is its controlling terminal
+            try:
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        transcript = b""
+        try:
+            transcript = self._answer_prompts(fd, password)
+        finally:
+            status = self._reap(pid)
+            os.close(fd)
+        if status != 0:
+            raise AssertionError(f"htdigest exited with {status}: {transcript.decode(errors='replace')}")
+
+    def _answer_prompts(self, fd: int, password: str) -> bytes:
+        """Type the password at each 'password:' prompt (New / Re-type), until htdigest closes the terminal."""
+        transcript = b""
+        answered = 0
+        deadline = time.monotonic() + self.timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError as error:  # EIO: the child closed its side of the pty
+                if error.errno == errno.EIO:
+                    return transcript
+                raise
+            if not chunk:
+                return transcript
+            transcript += chunk
+            if transcript.lower().count(b"password:") > answered:
+                answered += 1
+                os.write(fd, password.encode() + b"\n")
+        raise AssertionError(f"htdigest did not finish within {self.timeout} s: {transcript!r}")
+
+    def _reap(self, pid: int) -> int:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return -signal.SIGKILL
+
+    def remove(self, users_file: Path, realm: str, username: str) -> None:
+        """htdigest cannot delete a user: drop its `user:realm:` line, as an operator's editor would."""
+        prefix = f"{username}:{realm}:"
+        lines = users_file.read_text().splitlines(keepends=True)
+        users_file.write_text("".join(line for line in lines if not line.startswith(prefix)))
