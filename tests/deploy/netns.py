@@ -42,6 +42,7 @@ TURN_V6_ADDRESS = "2001:db8:1000:2000::19"
 PEER_ADDRESS = "198.51.100.30"  # a peer host that is not the server (turnutils_peer)
 DEFAULT_ADDRESSES = (f"{TURN_ADDRESS}/32", f"{ALT_STUN_ADDRESS}/32", f"{TURN_V6_ADDRESS}/128")
 
+LAN_DEVICE = "turn0"
 COMMAND_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 10.0
@@ -122,12 +123,16 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) 
 class Namespace:
     """A uniquely named network namespace, deleted on exit together with every process started in it."""
 
-    def __init__(self, addresses: Iterable[str] = DEFAULT_ADDRESSES, *, dummy: bool = False) -> None:
+    def __init__(self, addresses: Iterable[str] = DEFAULT_ADDRESSES, *, lan: bool = False) -> None:
         self.name = f"pyturn-{os.getpid()}-{secrets.token_hex(4)}"
-        self.addresses = list(addresses)
-        # lo is enough for the kernel; a `dummy` device carries the addresses too when `dummy` is set, for
-        # stacks that refuse to gather candidates on a loopback interface.
-        self.dummy = dummy
+        self.addresses: list[str] = []
+        self.initial_addresses = list(addresses)
+        # lo carrying the addresses is enough for the kernel and for most clients, but Chromium's WebRTC skips
+        # loopback interfaces when it looks for networks and then gathers no candidate at all (no request reaches
+        # the TURN server). With lan=True the addresses are also put on LAN_DEVICE, one end of a veth pair whose
+        # both ends stay in this namespace (a `dummy` device would do, but not every kernel has that module).
+        # Traffic between local addresses still goes through lo, whichever device carries them.
+        self.lan = lan
         self.processes: list[subprocess.Popen[Any]] = []
         self.created = False
 
@@ -137,11 +142,12 @@ class Namespace:
             _run(["ip", "netns", "add", self.name])
             self.created = True
             self.ip("link", "set", "lo", "up")
-            if self.dummy:
-                self.ip("link", "add", "turn0", "type", "dummy")
-                self.ip("link", "set", "turn0", "up")
-            for address in self.addresses:
-                self._add(address)
+            if self.lan:
+                self.ip("link", "add", LAN_DEVICE, "type", "veth", "peer", "name", f"{LAN_DEVICE}-peer")
+                self.ip("link", "set", f"{LAN_DEVICE}-peer", "up")
+                self.ip("link", "set", LAN_DEVICE, "up")
+            for address in self.initial_addresses:
+                self.add_address(address)
         except BaseException:
             self.close()
             raise
@@ -174,16 +180,13 @@ class Namespace:
     def ip(self, *arguments: str) -> str:
         return _run(["ip", "-n", self.name, *arguments]).stdout
 
-    def _add(self, address: str) -> None:
-        device = "turn0" if self.dummy else "lo"
-        extra = ["nodad"] if ":" in address else []  # no duplicate address detection: usable at once
-        self.ip("addr", "add", address, "dev", device, *extra)
-
     def add_address(self, address: str) -> None:
         """Another address, e.g. a peer host: '198.51.100.30' (a /32 or /128 unless a prefix is given)."""
         if "/" not in address:
             address += "/128" if ":" in address else "/32"
-        self._add(address)
+        extra = ["nodad"] if ":" in address else []  # no duplicate address detection: usable at once
+        for device in ("lo", LAN_DEVICE) if self.lan else ("lo",):
+            self.ip("addr", "add", address, "dev", device, *extra)
         self.addresses.append(address)
 
     # ------------------------------------------------------------------ processes

@@ -9,6 +9,8 @@ two users both sit behind restrictive NATs does. The tests check that the select
 from __future__ import annotations
 
 import logging
+import stat
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -98,3 +100,141 @@ def test_aiortc_relay_only_call(deployment: Deployment, transport: str) -> None:
     for pair in result["pairs"]:
         assert pair["local"][0] == pair["remote"][0] == "relay", pair
         assert _is_relayed_address(*pair["local"][1:]) and _is_relayed_address(*pair["remote"][1:]), pair
+
+
+# --------------------------------------------------------------------------------------------- Chromium
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; playwright never downloads a browser here
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+BROWSER_TIMEOUT_MS = 20_000
+
+# One RTCPeerConnection per page. Every promise the test awaits is raced against a timer, so no evaluate() can
+# hang: playwright's evaluate has no timeout of its own.
+PAGE_SCRIPT = """
+window.call = (() => {
+  const state = {received: [], open: false, errors: []};
+  let pc = null, channel = null;
+  const bounded = (promise, ms, what) => Promise.race([promise, new Promise((_, reject) =>
+      setTimeout(() => reject(new Error(what + ' timed out')), ms))]);
+  const gathered = () => bounded(new Promise(resolve => {
+      if (pc.iceGatheringState === 'complete') return resolve();
+      pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+  }), %(ms)d, 'ICE gathering');
+  const attach = c => {
+      channel = c;
+      c.onopen = () => { state.open = true; };
+      c.onmessage = event => state.received.push(event.data);
+  };
+  return {
+    state,
+    start(iceServers) {
+      pc = new RTCPeerConnection({iceServers, iceTransportPolicy: 'relay'});
+      pc.onicecandidateerror = e => state.errors.push(`${e.errorCode} ${e.errorText} ${e.url}`);
+      pc.ondatachannel = event => attach(event.channel);
+    },
+    async offer() {
+      attach(pc.createDataChannel('chat'));
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered();
+      return pc.localDescription.sdp;
+    },
+    async answer(sdp) {
+      await pc.setRemoteDescription({type: 'offer', sdp});
+      await pc.setLocalDescription(await pc.createAnswer());
+      await gathered();
+      return pc.localDescription.sdp;
+    },
+    async accept(sdp) { await pc.setRemoteDescription({type: 'answer', sdp}); },
+    send(text) { channel.send(text); },
+    async selectedPair() {
+      const stats = await bounded(pc.getStats(), %(ms)d, 'getStats');
+      const byId = new Map([...stats.values()].map(report => [report.id, report]));
+      const transport = [...stats.values()].find(report => report.type === 'transport');
+      const pair = byId.get(transport && transport.selectedCandidatePairId);
+      if (!pair) return null;
+      const describe = c => ({type: c.candidateType, address: c.address, port: c.port,
+                              relayProtocol: c.relayProtocol || null});
+      return {local: describe(byId.get(pair.localCandidateId)), remote: describe(byId.get(pair.remoteCandidateId)),
+              state: pair.state};
+    },
+    close() { pc && pc.close(); },
+  };
+})();
+""" % {"ms": BROWSER_TIMEOUT_MS}
+
+
+@pytest.fixture(scope="module")
+def chromium_in_namespace(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Chromium launched by playwright through a wrapper that runs it inside the deployment's namespace.
+
+    playwright talks to the browser over a pipe (--remote-debugging-pipe), so nothing of it needs the network.
+    """
+    require_module("playwright")
+    require_tool(CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    wrapper = tmp_path_factory.mktemp("chromium") / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {deployment.namespace.name} {CHROMIUM} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    with sync_playwright() as playwright:
+        # launch() gives the browser a fresh temporary --user-data-dir of its own and deletes it afterwards.
+        browser = playwright.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True,
+                                             timeout=BROWSER_TIMEOUT_MS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _browser_call(browser: Any, transport: str) -> dict[str, Any]:
+    contexts = [browser.new_context() for _ in USERS]  # two users, nothing shared between them
+    try:
+        pages = []
+        for context, (username, password) in zip(contexts, USERS.items(), strict=True):
+            page = context.new_page()
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
+            page.evaluate(PAGE_SCRIPT)
+            page.evaluate("servers => call.start(servers)",
+                          [{"urls": [_turn_url(transport)], "username": username, "credential": password}])
+            pages.append(page)
+        caller, callee = pages
+        offer = caller.evaluate("call.offer()")  # signalling: through this test
+        answer = callee.evaluate("sdp => call.answer(sdp)", offer)
+        caller.evaluate("sdp => call.accept(sdp)", answer)
+        try:
+            for page in pages:
+                page.wait_for_function("call.state.open")
+        except Exception as error:
+            errors = [page.evaluate("call.state.errors") for page in pages]
+            raise AssertionError(f"the data channel did not open: {error}; ICE candidate errors: {errors}") from None
+        for number in range(MESSAGES):
+            caller.evaluate("n => call.send('ping ' + n)", number)
+            callee.evaluate("n => call.send('pong ' + n)", number)
+        for page in pages:
+            page.wait_for_function(f"call.state.received.length >= {MESSAGES}")
+        return {
+            "received": [page.evaluate("call.state.received") for page in pages],
+            "pairs": [page.evaluate("call.selectedPair()") for page in pages],
+            "offer": offer,
+            "answer": answer,
+        }
+    finally:
+        for context in contexts:
+            context.close()
+
+
+@TRANSPORTS
+def test_chromium_relay_only_call(chromium_in_namespace: Any, transport: str) -> None:
+    result = _browser_call(chromium_in_namespace, transport)
+    assert result["received"] == [[f"pong {n}" for n in range(MESSAGES)], [f"ping {n}" for n in range(MESSAGES)]]
+    for sdp in (result["offer"], result["answer"]):
+        candidates = [line for line in sdp.splitlines() if line.startswith("a=candidate:")]
+        assert candidates and all(" typ relay " in line for line in candidates), sdp
+    for pair in result["pairs"]:
+        assert pair is not None and pair["state"] == "succeeded", pair
+        assert pair["local"]["type"] == pair["remote"]["type"] == "relay", pair
+        assert pair["local"]["relayProtocol"] == transport, pair  # how this browser reached the TURN server
+        assert _is_relayed_address(pair["local"]["address"], pair["local"]["port"]), pair
+        assert _is_relayed_address(pair["remote"]["address"], pair["remote"]["port"]), pair
