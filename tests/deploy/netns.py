@@ -11,11 +11,13 @@ was created in), and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import errno
 import os
 import pty
+import re
 import secrets
 import select
 import shutil
@@ -69,9 +71,27 @@ def require_root_netns() -> None:
     if shutil.which("ip") is None:
         unavailable("`ip` (iproute2) is not installed")
     try:
-        subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, timeout=COMMAND_TIMEOUT)
+        listed = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True,
+                                timeout=COMMAND_TIMEOUT)
     except (OSError, subprocess.SubprocessError) as error:
         unavailable(f"`ip netns` does not work here: {error}")
+        return
+    _remove_stale(listed.stdout)
+
+
+_OUR_NAME = re.compile(r"^pyturn-(\d+)-[0-9a-f]{8}\b", re.M)
+
+
+def _remove_stale(listing: str) -> None:
+    """Delete namespaces an earlier test run left behind when it was killed (its process is gone)."""
+    for match in _OUR_NAME.finditer(listing):
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            subprocess.run(["ip", "netns", "delete", match.group(0)], capture_output=True, timeout=COMMAND_TIMEOUT)
+        except PermissionError:
+            pass  # alive
 
 
 def require_tool(name: str) -> str:
@@ -141,6 +161,7 @@ class Namespace:
         try:
             _run(["ip", "netns", "add", self.name])
             self.created = True
+            atexit.register(self.close)  # a safety net should the interpreter stop before __exit__
             self.ip("link", "set", "lo", "up")
             if self.lan:
                 self.ip("link", "add", LAN_DEVICE, "type", "veth", "peer", "name", f"{LAN_DEVICE}-peer")
@@ -175,6 +196,8 @@ class Namespace:
             except (RuntimeError, subprocess.TimeoutExpired):
                 time.sleep(0.1)
         self.created = (_NETNS_DIR / self.name).exists()
+        if not self.created:
+            atexit.unregister(self.close)
 
     # ------------------------------------------------------------------ configuration
     def ip(self, *arguments: str) -> str:

@@ -121,7 +121,7 @@ window.call = (() => {
   const gathered = () => bounded(new Promise(resolve => {
       if (pc.iceGatheringState === 'complete') return resolve();
       pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
-  }), %(ms)d, 'ICE gathering');
+  }), __TIMEOUT_MS__, 'ICE gathering');
   const attach = c => {
       channel = c;
       c.onopen = () => { state.open = true; };
@@ -149,7 +149,7 @@ window.call = (() => {
     async accept(sdp) { await pc.setRemoteDescription({type: 'answer', sdp}); },
     send(text) { channel.send(text); },
     async selectedPair() {
-      const stats = await bounded(pc.getStats(), %(ms)d, 'getStats');
+      const stats = await bounded(pc.getStats(), __TIMEOUT_MS__, 'getStats');
       const byId = new Map([...stats.values()].map(report => [report.id, report]));
       const transport = [...stats.values()].find(report => report.type === 'transport');
       const pair = byId.get(transport && transport.selectedCandidatePairId);
@@ -162,7 +162,7 @@ window.call = (() => {
     close() { pc && pc.close(); },
   };
 })();
-""" % {"ms": BROWSER_TIMEOUT_MS}
+""".replace("__TIMEOUT_MS__", str(BROWSER_TIMEOUT_MS))
 
 
 @pytest.fixture(scope="module")
