@@ -70,7 +70,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     for username, password in USERS.items():
         htdigest.add(users_file, REALM, username, password)
     config = write_config(directory, handbook_config(users_file))
-    with Namespace() as namespace:
+    with Namespace(lan=True) as namespace:  # lan: Chromium ignores loopback interfaces, see Namespace
         namespace.add_address(PEER_ADDRESS)
         with pyturn_in(namespace, config, (TURN_ADDRESS, TURN_PORT)) as server:
             yield Deployment(namespace, server, users_file, htdigest)

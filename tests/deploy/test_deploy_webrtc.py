@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,6 +111,19 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 BROWSER_TIMEOUT_MS = 20_000
+CHROMIUM_LOG_MODULES = "turn_port=1,basic_port_allocator=1,p2p_transport_channel=1"
+
+
+@dataclass
+class Chromium:
+    browser: Any
+    log: Path
+
+    def webrtc_log(self, lines: int = 20) -> str:
+        """The TURN client's lines (allocations, permissions, their error codes) of Chromium's log."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        kept = [line for line in text.splitlines() if "turn_port.cc" in line and "Ignoring STUN" not in line]
+        return "\n".join(kept[-lines:])
 
 # One RTCPeerConnection per page. Every promise the test awaits is raced against a timer, so no evaluate() can
 # hang: playwright's evaluate has no timeout of its own.
@@ -166,7 +181,7 @@ window.call = (() => {
 
 
 @pytest.fixture(scope="module")
-def chromium_in_namespace(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def chromium_in_namespace(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
     """Chromium launched by playwright through a wrapper that runs it inside the deployment's namespace.
 
     playwright talks to the browser over a pipe (--remote-debugging-pipe), so nothing of it needs the network.
@@ -175,20 +190,30 @@ def chromium_in_namespace(deployment: Deployment, tmp_path_factory: pytest.TempP
     require_tool(CHROMIUM)
     from playwright.sync_api import sync_playwright
 
-    wrapper = tmp_path_factory.mktemp("chromium") / "chromium-in-netns"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {deployment.namespace.name} {CHROMIUM} "$@"\n')
+    directory = tmp_path_factory.mktemp("chromium")
+    wrapper = directory / "chromium-in-netns"
+    log = directory / "chromium.log"  # WebRTC's own account of ICE and TURN, quoted when a call fails
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {deployment.namespace.name} {CHROMIUM} "$@" '
+                       f'--enable-logging=stderr --vmodule={CHROMIUM_LOG_MODULES} 2>>{log}\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     with sync_playwright() as playwright:
         # launch() gives the browser a fresh temporary --user-data-dir of its own and deletes it afterwards.
         browser = playwright.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True,
                                              timeout=BROWSER_TIMEOUT_MS)
         try:
-            yield browser
+            yield Chromium(browser, log)
         finally:
             browser.close()
 
 
-def _browser_call(browser: Any, transport: str) -> dict[str, Any]:
+def _browser_call(chromium: Chromium, transport: str) -> dict[str, Any]:
+    try:
+        return _call_between_pages(chromium.browser, transport)
+    except Exception as error:
+        raise AssertionError(f"{error}\n--- Chromium's WebRTC log ---\n{chromium.webrtc_log()}") from None
+
+
+def _call_between_pages(browser: Any, transport: str) -> dict[str, Any]:
     contexts = [browser.new_context() for _ in USERS]  # two users, nothing shared between them
     try:
         pages = []
@@ -226,7 +251,7 @@ def _browser_call(browser: Any, transport: str) -> dict[str, Any]:
 
 
 @TRANSPORTS
-def test_chromium_relay_only_call(chromium_in_namespace: Any, transport: str) -> None:
+def test_chromium_relay_only_call(chromium_in_namespace: Chromium, transport: str) -> None:
     result = _browser_call(chromium_in_namespace, transport)
     assert result["received"] == [[f"pong {n}" for n in range(MESSAGES)], [f"ping {n}" for n in range(MESSAGES)]]
     for sdp in (result["offer"], result["answer"]):
