@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import ALT_STUN_PORT, PORT_RANGE, REALM, TURN_PORT, USERS, Deployment
 from interop import MiniTurnClient, TurnRequestFailed, parse_uclient
-from netns import ALT_STUN_ADDRESS, PEER_ADDRESS, TURN_ADDRESS, Namespace, require_tool
+from netns import ALT_STUN_ADDRESS, PEER_ADDRESS, TURN_ADDRESS, TURN_V6_ADDRESS, Namespace, require_tool
 from test_interop_tcp_tls import StreamTurnClient
 
 from pyturn.stun import (
@@ -41,8 +41,8 @@ CHANNEL_B = 0x4FFF
 UCLIENT_TIMEOUT = 60.0
 
 
-def _in_relay_range(relayed: Address) -> bool:
-    return relayed[0] == TURN_ADDRESS and PORT_RANGE[0] <= relayed[1] <= PORT_RANGE[1]
+def _in_relay_range(relayed: Address, host: str = TURN_ADDRESS) -> bool:
+    return relayed[0] == host and PORT_RANGE[0] <= relayed[1] <= PORT_RANGE[1]
 
 
 async def _checked(step: str, request: Any) -> Any:
@@ -66,13 +66,15 @@ def _data_indication(packet: bytes) -> tuple[Address, bytes]:
     return message.get(Attr.XOR_PEER_ADDRESS), message.get(Attr.DATA)
 
 
-async def _relay_between_udp_clients() -> dict[str, Any]:
+async def _relay_between_udp_clients(host: str) -> dict[str, Any]:
     (user_a, password_a), (user_b, password_b) = USERS.items()
-    server = (TURN_ADDRESS, TURN_PORT)
+    server = (host, TURN_PORT)
+    # RFC 6156 §4.1.1: REQUESTED-ADDRESS-FAMILY 0x02 asks for an IPv6 relay (the default is IPv4 on any listener).
+    family = [(Attr.REQUESTED_ADDRESS_FAMILY, 0x02)] if ":" in host else []
     with MiniTurnClient(server, user_a, password_a) as a, MiniTurnClient(server, user_b, password_b) as b:
-        relayed_a = await _checked("Allocate A", a.allocate())
-        relayed_b = await _checked("Allocate B", b.allocate())
-        assert _in_relay_range(relayed_a) and _in_relay_range(relayed_b), (relayed_a, relayed_b)
+        relayed_a = await _checked("Allocate A", a.allocate(*family))
+        relayed_b = await _checked("Allocate B", b.allocate(*family))
+        assert _in_relay_range(relayed_a, host) and _in_relay_range(relayed_b, host), (relayed_a, relayed_b)
 
         await _checked("CreatePermission A -> relayed B", a.create_permission(relayed_b))
         await _checked("CreatePermission B -> relayed A", b.create_permission(relayed_a))
@@ -99,8 +101,9 @@ async def _relay_between_udp_clients() -> dict[str, Any]:
         return {"relayed": [relayed_a, relayed_b], "messages": 2 + 2 * len(payloads)}
 
 
-def test_two_udp_clients_relay_to_each_other(deployment: Deployment) -> None:
-    result = deployment.namespace.run_async(_relay_between_udp_clients, SCENARIO_TIMEOUT)
+@pytest.mark.parametrize("host", [TURN_ADDRESS, TURN_V6_ADDRESS], ids=["ipv4", "ipv6"])
+def test_two_udp_clients_relay_to_each_other(deployment: Deployment, host: str) -> None:
+    result = deployment.namespace.run_async(lambda: _relay_between_udp_clients(host), SCENARIO_TIMEOUT)
     assert result["messages"] == 14
 
 

@@ -9,6 +9,7 @@ two users both sit behind restrictive NATs does. The tests check that the select
 from __future__ import annotations
 
 import logging
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,7 +97,12 @@ class _TurnErrorLog(logging.Handler):
 @TRANSPORTS
 def test_aiortc_relay_only_call(deployment: Deployment, transport: str) -> None:
     require_module("aiortc")
+    log_start = len(deployment.server.log())
     result = deployment.namespace.run_async(lambda: _aiortc_call(transport), CALL_TIMEOUT)
+    # Which transport reached the server: pyturn logs "allocation <client>/<transport> for '<user>' ...".
+    logged = deployment.server.log()[log_start:]
+    for username in USERS:
+        assert re.search(rf"allocation \S+/{transport} for '{username}'", logged), logged[-2000:]
     assert result["gathered"] == [["relay"], ["relay"]]
     assert len(result["replies"]) == 20 and result["replies"][0] == "pong 0"
     for pair in result["pairs"]:
