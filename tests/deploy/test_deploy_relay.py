@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import ALT_STUN_PORT, PORT_RANGE, REALM, TURN_PORT, USERS, Deployment
+from handbook import ALT_STUN_PORT, PORT_RANGE, REALM, TURN_PORT, USERS, Deployment
 from interop import MiniTurnClient, TurnRequestFailed, parse_uclient
 from netns import ALT_STUN_ADDRESS, PEER_ADDRESS, TURN_ADDRESS, TURN_V6_ADDRESS, Namespace, require_tool
 from test_interop_tcp_tls import StreamTurnClient

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PORT_RANGE, TURN_PORT, USERS, Deployment
+from handbook import PORT_RANGE, TURN_PORT, USERS, Deployment
 from netns import TURN_ADDRESS, require_module, require_tool
 
 pytestmark = pytest.mark.deploy
