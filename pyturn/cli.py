@@ -188,11 +188,19 @@ def run(config: Config, *, pid_file: PidFile | None = None, report: StartupRepor
         return EXIT_OK
 
 
-def _worker_main(config: Config, secret: bytes, report: StartupReport, listen_sockets: list[socket.socket]) -> int:
+def _worker_main(
+    config: Config,
+    secret: bytes,
+    report: StartupReport,
+    listen_sockets: list[socket.socket],
+    relay_ports: tuple[int, int],
+) -> int:
     """One worker process: a whole server on its slice of the relay ports, sharing the ports by SO_REUSEPORT
     through the listening sockets the master bound for it."""
     _event_loop_policy()
-    return asyncio.run(_serve(config, None, report, secret=secret, reuse_port=True, listen_sockets=listen_sockets))
+    return asyncio.run(_serve(
+        config, None, report, secret=secret, reuse_port=True, listen_sockets=listen_sockets, relay_ports=relay_ports
+    ))
 
 
 async def _serve(
@@ -203,6 +211,7 @@ async def _serve(
     secret: bytes | None = None,
     reuse_port: bool = False,
     listen_sockets: list[socket.socket] | None = None,
+    relay_ports: tuple[int, int] | None = None,
 ) -> int:
     from pyturn.server import Server, StartupError
 
@@ -219,7 +228,8 @@ async def _serve(
     try:
         # A service has no test asserting on its events: keep none (memory stays flat under churn).
         server = Server(
-            config, secret=secret, reuse_port=reuse_port, listen_sockets=listen_sockets or (), keep_events=0
+            config, secret=secret, reuse_port=reuse_port, listen_sockets=listen_sockets or (), keep_events=0,
+            relay_ports=relay_ports,
         )
     except (UserDBError, PyturnError) as error:
         return fail(EXIT_CONFIG, f"cannot load users: {error}")
@@ -258,8 +268,9 @@ def _on_hangup(server: object) -> None:
 
     assert isinstance(server, Server)
     notify_reloading()
-    log.info("SIGHUP: reopening log files and reloading users")
+    log.info("SIGHUP: reopening log files, reloading users and re-reading the host's addresses")
     reopen_log_files()
+    server.refresh_addresses()
     server.reload_users()
     server.reload_tls()
     notify_ready()

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from hashlib import sha256
@@ -39,7 +39,7 @@ from pyturn.allocation import (
 from pyturn.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
 from pyturn.config import Config
 from pyturn.errors import StunDecodeError, TurnError
-from pyturn.policy import PeerPolicy
+from pyturn.policy import PeerPolicy, Verdict
 from pyturn.ports import PortPool
 from pyturn.ratelimit import SourceLimiter
 from pyturn.stun import (
@@ -227,7 +227,9 @@ class TurnServerCore:
         self._secret = secret if secret is not None else randbytes(32)
         self._nonces = NonceSigner(self._secret, config.nonce_lifetime)
         self.policy = policy if policy is not None else PeerPolicy(
-            denied=config.denied_peer_addresses, allowed=config.allowed_peer_addresses
+            denied=config.denied_peer_addresses,
+            allowed=config.allowed_peer_addresses,
+            relay_ports=(config.allocation_port_range_min, config.allocation_port_range_max),
         )
         self._rng = rng if rng is not None else random.Random(randbytes(16))
         self._randbytes = randbytes
@@ -253,9 +255,21 @@ class TurnServerCore:
         """Swap the user source in one assignment (reload); existing allocations keep their key."""
         self._users = users
 
-    def set_server_addresses(self, addresses: set[str]) -> None:
-        """The server's own IPs, never valid peers (relay-to-self loops, anchors.md §5.3 case 26)."""
-        self.policy = self.policy.with_server_addresses(addresses)
+    def set_server_addresses(
+        self,
+        relay: Iterable[str],
+        host: Iterable[str] = (),
+        *,
+        relay_ports: tuple[int, int] | None = None,
+        listener_ports: Iterable[int] = (),
+    ) -> None:
+        """The server's own IPs (docs/security.md "Peer policy"): ``relay`` ones, where other allocations' relays
+        are reachable on relay-range ports only, and the host's other addresses, never valid peers. Adds to what
+        is known already (relay IPs learned from bound relays stay); ``relay_ports`` is the whole relay range
+        when this core serves only a slice of it (Workers); ``listener_ports`` are never relays."""
+        self.policy = self.policy.with_server_addresses(
+            relay, host, relay_ports=relay_ports, listener_ports=listener_ports
+        )
 
     def set_alternate(self, primary: Address, other: Address) -> None:
         """The bound (TurnAddress, TurnPort) and (AltStunAddress, AltStunPort) pair of RFC 5780 mode."""
@@ -304,6 +318,8 @@ class TurnServerCore:
         allocation = self._by_handle.get(handle)
         if allocation is None or not allocation.has_permission(peer[0], now):
             return []  # RFC 8656 §9: no permission, no relaying
+        if not self.policy.allows(peer[0], peer[1]):
+            return []  # a permission for one of our IPs admits only other relays (relay-range ports)
         five_tuple = allocation.five_tuple
         channel = allocation.channel_for_peer.get(peer)
         if channel is not None:
@@ -332,6 +348,8 @@ class TurnServerCore:
             self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
         external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
         relayed = (external, bound[1]) if external else bound
+        if bound[0] not in self.policy.relay_addresses:
+            self._learn_relay_address(bound[0])
         credentials = pending.credentials
         allocation = Allocation(
             five_tuple=five_tuple,
@@ -665,7 +683,8 @@ class TurnServerCore:
         if not peers:
             raise TurnError(400, "Bad Request")
         for peer in peers:
-            self._check_peer(allocation, peer)
+            # A permission covers every port of the IP (RFC 8656 §9): the port is checked when data flows.
+            self._check_peer(allocation, peer, port=None)
         cap = self.config.max_permissions_per_allocation
         if cap and len(allocation.permissions.keys() | {peer[0] for peer in peers}) > cap:
             raise TurnError(508, "Insufficient Capacity")  # anchors.md §5.5 case 36
@@ -693,7 +712,7 @@ class TurnServerCore:
             raise TurnError(400, "Bad Request")
         if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
             raise TurnError(400, "Bad Request")
-        self._check_peer(allocation, peer)
+        self._check_peer(allocation, peer, port=peer[1])
         bound = allocation.channels.get(channel)
         if bound is not None and bound.peer != peer:
             raise TurnError(400, "Bad Request")  # channel bound to another peer
@@ -741,7 +760,7 @@ class TurnServerCore:
         data = indication.get(Attr.DATA)
         if peer is None or data is None or _family_of(peer[0]) != allocation.family:
             return []
-        if not allocation.has_permission(peer[0], now):
+        if not allocation.has_permission(peer[0], now) or not self.policy.allows(peer[0], peer[1]):
             return []
         return [SendToPeer(allocation.relay_handle, peer, data)]
 
@@ -793,11 +812,22 @@ class TurnServerCore:
         if credentials.username != allocation.username or credentials.key != allocation.key:
             raise TurnError(441, "Wrong Credentials")
 
-    def _check_peer(self, allocation: Allocation, peer: Address) -> None:
+    def _check_peer(self, allocation: Allocation, peer: Address, *, port: int | None) -> None:
+        """443 for the other family, 403 for a peer the policy refuses (RFC 8656 §9.2 and §11.2)."""
         if _family_of(peer[0]) != allocation.family:
             raise TurnError(443, "Peer Address Family Mismatch")  # RFC 6156 §5
-        if not self.policy.is_allowed(peer[0]):
-            raise TurnError(403, "Forbidden")  # RFC 8656 §9.2
+        policy = self.policy
+        if not (policy.allows_permission(peer[0]) if port is None else policy.allows(peer[0], port)):
+            raise TurnError(403, "Forbidden")
+
+    def _learn_relay_address(self, ip: str) -> None:
+        """A relay was bound on an IP the policy did not know as ours (a wildcard listener binds relays on the
+        address towards the client): other allocations may reach relays there from now on. A built-in denied IP
+        (loopback) stays denied unless it was configured: a relay bound there serves only local clients."""
+        if self.policy.verdict(ip) is Verdict.DENIED:
+            self.policy = self.policy.with_server_addresses(host=(ip,))
+        else:
+            self.policy = self.policy.with_server_addresses(relay=(ip,))
 
     def _install_permission(self, allocation: Allocation, ip: str, now: float) -> bool:
         new = ip not in allocation.permissions

@@ -1,16 +1,23 @@
-"""Which peers a client may relay to (RFC 8656 §9, RFC 6156 §9.1; anchors.md §5.3).
+"""Which peers a client may relay to (RFC 8656 §9, RFC 6156 §9.1; docs/security.md "Peer policy").
 
 A TURN server that relays anywhere is an open proxy into its own network (loopback services, cloud metadata,
-the server itself). The policy checked on CreatePermission, ChannelBind and Send:
+the server itself). The policy checked on CreatePermission, ChannelBind, Send and on data from peers:
 
 1. An address is considered under every spelling it has: an IPv6 address that embeds an IPv4 address
    (IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64, 6to4, Teredo) is also checked as that IPv4 address,
    so ``::ffff:127.0.0.1`` cannot slip past a loopback rule (CVE-2026-27624, CVE-2020-26262).
 2. If any spelling is in ``allowed``, the peer is allowed: the operator's allow list beats every deny,
    including the built-in ones (test rigs allow 127.0.0.0/8 and ::1).
-3. Otherwise any spelling in :data:`BUILTIN_DENIED`, in ``denied`` or among the server's own addresses
-   denies it.
-4. Everything else is allowed. Private ranges (RFC 1918, CGNAT, ULA) are allowed by default because enterprise
+3. An address on which this server's relays can be reached (``relay_addresses``: the listening IPs relays bind
+   to, RelayAddress, ExternalAddress and every IP a relay was bound on), written in its own form, is *ours*:
+   the peer is allowed only on a port inside the relay range (``relay_ports``), where it can only be another
+   allocation's relayed transport address. Two clients of one server must be able to reach each other's relays
+   (WebRTC relay-to-relay pairs); every other port there (the listeners, SSH, databases) stays refused, so
+   nothing loops into the server or reaches the host's services.
+4. Otherwise any spelling in :data:`BUILTIN_DENIED` or in ``denied`` denies it, and so does any spelling of the
+   host's other addresses (``host_addresses``: interface addresses relays never bind to, the RFC 5780 alternate
+   address) and any IPv4-in-IPv6 spelling of a relay address.
+5. Everything else is allowed. Private ranges (RFC 1918, CGNAT, ULA) are allowed by default because enterprise
    PBXs live there; operators who do not need them list them in ``denied``.
 """
 
@@ -19,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from pyturn.errors import ConfigError
 
-__all__ = ["BUILTIN_DENIED", "PeerPolicy", "embedded_ipv4"]
+__all__ = ["BUILTIN_DENIED", "PeerPolicy", "Verdict", "embedded_ipv4"]
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -111,70 +119,118 @@ def _normalised_address(text: str) -> str:
     return str(_spellings(address)[-1])
 
 
-ANSWERS_KEPT = 4096  # bounds is_allowed's memo; cleared whole when full (a flood of distinct peers is cheap to redo)
+ANSWERS_KEPT = 4096  # bounds the verdict memo; cleared whole when full (a flood of distinct peers is cheap to redo)
+
+
+class Verdict(Enum):
+    """What the policy says of a peer IP address."""
+
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    RELAY_PORTS_ONLY = "relay ports only"  # one of the server's relay addresses (rule 3)
+
+
+def _normalised_addresses(addresses: Iterable[str]) -> frozenset[str]:
+    return frozenset(_normalised_address(address) for address in addresses)
 
 
 @dataclass(frozen=True, slots=True)
 class PeerPolicy:
-    """Which peer IP addresses may be relayed to; see the module docstring for the rules."""
+    """Which peers may be relayed to; see the module docstring for the rules."""
 
     denied: tuple[IPNetwork, ...] = ()
     allowed: tuple[IPNetwork, ...] = ()
-    server_addresses: frozenset[str] = frozenset()
+    relay_addresses: frozenset[str] = frozenset()
+    host_addresses: frozenset[str] = frozenset()
+    relay_ports: tuple[int, int] = (49152, 65535)  # AllocationPortRangeMin..Max (reTurn's default range)
+    # The server's listening ports: never a relay, even when one lies inside the relay range (an ephemeral port).
+    listener_ports: frozenset[int] = frozenset()
     _denied_v4: _MaskTable = field(init=False, repr=False, compare=False)
     _denied_v6: _MaskTable = field(init=False, repr=False, compare=False)
     _allowed_v4: _MaskTable = field(init=False, repr=False, compare=False)
     _allowed_v6: _MaskTable = field(init=False, repr=False, compare=False)
-    # Answers already worked out, per IP string: parsing and the spelling checks cost ~20 µs, and a client asks
-    # about the same few peers again and again (every ChannelBind refresh and CreatePermission).
-    _answers: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # Verdicts already worked out, per IP string: parsing and the spelling checks cost ~20 µs, and a client asks
+    # about the same few peers again and again (every ChannelBind refresh, CreatePermission and Send).
+    _verdicts: dict[str, Verdict] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen dataclass: derived fields are set once, here
         set_field(self, "denied", tuple(self.denied))
         set_field(self, "allowed", tuple(self.allowed))
-        set_field(self, "server_addresses", frozenset(_normalised_address(a) for a in self.server_addresses))
+        relay = _normalised_addresses(self.relay_addresses)
+        set_field(self, "relay_addresses", relay)
+        set_field(self, "host_addresses", _normalised_addresses(self.host_addresses) - relay)
+        set_field(self, "listener_ports", frozenset(self.listener_ports))
+        low, high = self.relay_ports
+        if not 0 < low <= high <= 65535:
+            raise ConfigError(f"relay port range {low}-{high} is not a range of ports")
         every_denied = BUILTIN_DENIED + self.denied
         set_field(self, "_denied_v4", _mask_table(every_denied, 4))
         set_field(self, "_denied_v6", _mask_table(every_denied, 6))
         set_field(self, "_allowed_v4", _mask_table(self.allowed, 4))
         set_field(self, "_allowed_v6", _mask_table(self.allowed, 6))
 
-    def with_server_addresses(self, addrs: Iterable[str]) -> PeerPolicy:
-        """A copy that also denies these addresses (the server's listening and relay IPs).
+    def with_server_addresses(
+        self,
+        relay: Iterable[str] = (),
+        host: Iterable[str] = (),
+        *,
+        relay_ports: tuple[int, int] | None = None,
+        listener_ports: Iterable[int] = (),
+    ) -> PeerPolicy:
+        """A copy that also knows these relay and host addresses and listening ports (and, if given, another
+        relay port range). Raises ConfigError for a string that is not an IP address."""
+        return dataclasses.replace(
+            self,
+            relay_addresses=self.relay_addresses | _normalised_addresses(relay),
+            host_addresses=self.host_addresses | _normalised_addresses(host),
+            relay_ports=relay_ports if relay_ports is not None else self.relay_ports,
+            listener_ports=self.listener_ports | frozenset(listener_ports),
+        )
 
-        Raises ConfigError for a string that is not an IP address.
-        """
-        return dataclasses.replace(self, server_addresses=self.server_addresses | frozenset(addrs))
-
-    def is_allowed(self, ip: str | IPAddress) -> bool:
-        """Whether a peer at this IP may be relayed to. Never raises: anything unparsable is denied."""
+    def verdict(self, ip: str | IPAddress) -> Verdict:
+        """What the rules say of this IP. Never raises: anything unparsable is denied."""
         if isinstance(ip, str):
-            answer = self._answers.get(ip)
-            if answer is None:
-                if len(self._answers) >= ANSWERS_KEPT:
-                    self._answers.clear()
-                answer = self._answers[ip] = self._decide(ip)
-            return answer
+            verdict = self._verdicts.get(ip)
+            if verdict is None:
+                if len(self._verdicts) >= ANSWERS_KEPT:
+                    self._verdicts.clear()
+                verdict = self._verdicts[ip] = self._decide(ip)
+            return verdict
         return self._decide(ip)
 
-    def _decide(self, ip: str | IPAddress) -> bool:
+    def allows_permission(self, ip: str | IPAddress) -> bool:
+        """Whether a permission (which covers every port of the IP, RFC 8656 §9) may be installed for this IP."""
+        return self.verdict(ip) is not Verdict.DENIED
+
+    def allows(self, ip: str | IPAddress, port: int) -> bool:
+        """Whether data may go to, or come from, this transport address."""
+        verdict = self.verdict(ip)
+        if verdict is Verdict.ALLOWED:
+            return True
+        low, high = self.relay_ports
+        return verdict is Verdict.RELAY_PORTS_ONLY and low <= port <= high and port not in self.listener_ports
+
+    def _decide(self, ip: str | IPAddress) -> Verdict:
         if isinstance(ip, IPv4Address | IPv6Address):
             address: IPAddress = ip
         elif isinstance(ip, str):  # ip_address would also take ints and packed bytes: not an address string
             try:
                 address = ip_address(ip)
             except ValueError:
-                return False
+                return Verdict.DENIED
         else:
-            return False
+            return Verdict.DENIED
         spellings = _spellings(address)
         for spelling in spellings:
             if _in_table(int(spelling), self._allowed_v4 if spelling.version == 4 else self._allowed_v6):
-                return True
+                return Verdict.ALLOWED
+        if str(spellings[0]) in self.relay_addresses:
+            return Verdict.RELAY_PORTS_ONLY
         for spelling in spellings:
             if _in_table(int(spelling), self._denied_v4 if spelling.version == 4 else self._denied_v6):
-                return False
-            if str(spelling) in self.server_addresses:
-                return False
-        return True
+                return Verdict.DENIED
+            text = str(spelling)
+            if text in self.host_addresses or text in self.relay_addresses:
+                return Verdict.DENIED
+        return Verdict.ALLOWED

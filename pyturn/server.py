@@ -23,6 +23,7 @@ from pyturn.config import Config
 from pyturn.core import Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
+from pyturn.localaddrs import interface_addresses, server_addresses
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.transport import (
@@ -121,6 +122,9 @@ class Server:
     ``relayed_bytes()`` keep them for later assertions. ``transports`` limits the listeners to some of "udp",
     "tcp", "tls" (TLS also needs TlsTurnPort or ``ssl_context``).
 
+    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.workers): on
+    the server's own addresses, peers are allowed on those ports only (docs/security.md "Peer policy").
+
     ``listen_sockets`` are already bound listening sockets (UDP, or TCP in listen state) that the server uses
     instead of binding the same type, address and port itself (pyturn.workers binds them in the master, so a
     restarted worker takes over its predecessor's place in the SO_REUSEPORT group).
@@ -139,8 +143,12 @@ class Server:
         reuse_port: bool = False,
         listen_sockets: Collection[socket.socket] = (),
         keep_events: int = EVENTS_KEPT,
+        relay_ports: tuple[int, int] | None = None,
     ) -> None:
         self.config = config if config is not None else loopback_config()
+        # The whole relay range, where the server's own addresses are valid peers (other allocations' relays);
+        # a worker's config holds only its slice of it.
+        self._relay_ports = relay_ports
         self._listen_sockets = {_listen_key(sock.type, *sock.getsockname()[:2]): sock for sock in listen_sockets}
         unknown = set(transports) - set(TRANSPORTS)
         if unknown:
@@ -259,22 +267,23 @@ class Server:
         except BaseException:
             await self.close()
             raise
-        self.core.set_server_addresses(self._own_addresses())
+        self.refresh_addresses()
         self._tasks.append(loop.create_task(self._ticker()))
         if self._users_from_file and self.config.user_database_check_interval > 0:
             self._tasks.append(loop.create_task(self._watch_user_file()))
 
-    def _own_addresses(self) -> set[str]:
-        """Listening, relay and advertised IPs: never valid peers (relay-to-self loops, anchors.md §5.3 case 26)."""
+    def refresh_addresses(self) -> None:
+        """Re-read the host's interface addresses for the peer policy (start-up and SIGHUP: an interface may have
+        gained an address since). Relay addresses learned from bound relays are kept."""
+        if self.core is None:
+            return
         config = self.config
-        own = {address[0] for addresses in self.addresses.values() for address in addresses}
-        for host in (config.relay_address, config.relay_v6_address, config.external_address,
-                     config.external_v6_address):
-            try:
-                own.add(str(ipaddress.ip_address(host)))
-            except ValueError:
-                continue  # unset ("") or not an IP: nothing to deny
-        return own
+        listening = [host for addresses in self.addresses.values() for host, _port in addresses]
+        own = server_addresses(config, [config.turn_address, config.turn_v6_address, *listening],
+                               interface_addresses())
+        ports = {port for addresses in self.addresses.values() for _host, port in addresses}
+        ports.update(port for port in (config.turn_port, config.tls_turn_port, config.alt_stun_port) if port)
+        self.core.set_server_addresses(own.relay, own.host, relay_ports=self._relay_ports, listener_ports=ports)
 
     async def _open_listeners(self) -> None:
         config = self.config

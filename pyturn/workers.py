@@ -48,7 +48,8 @@ RESTART_DELAY = 1.0  # a worker that dies within this long of its start is resta
 _MASTER_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
-WorkerMain = Callable[[Config, bytes, StartupReport, list[socket.socket]], int]
+# (worker config, nonce secret, start-up report, listening sockets, the whole relay port range) -> exit code
+WorkerMain = Callable[[Config, bytes, StartupReport, list[socket.socket], tuple[int, int]], int]
 """Runs one worker to completion in the forked child: (its config, the shared secret, its ready channel, its
 listening sockets, bound by the master)."""
 
@@ -145,6 +146,7 @@ class WorkerPool:
         self.secret = secret
         self.worker_main = worker_main
         low, high = config.allocation_port_range_min, config.allocation_port_range_max
+        self.relay_ports = (low, high)
         slices = port_slices(low, high, worker_count(config))
         self.workers: list[_Worker] = []
         self.stopping = False
@@ -177,7 +179,9 @@ class WorkerPool:
                     if other is not worker:
                         for sock in other.sockets:
                             sock.close()
-                status = self.worker_main(worker.config, self.secret, StartupReport(write_end), worker.sockets)
+                status = self.worker_main(
+                    worker.config, self.secret, StartupReport(write_end), worker.sockets, self.relay_ports
+                )
             except BaseException:
                 log.exception("worker %d failed", worker.index)
             finally:

@@ -109,11 +109,13 @@ def test_core_relay_create_permission_denied_by_config() -> None:
     assert client.create_permission(PEER).error_code == 403
 
 
-def test_core_relay_create_permission_server_addresses_denied() -> None:
+def test_core_relay_channel_bind_to_a_server_address_outside_the_relay_range_denied() -> None:
     harness = Harness()
     harness.core.set_server_addresses({"198.51.100.7"})
     client = allocated(harness)
-    assert client.create_permission(PEER).error_code == 403
+    assert client.create_permission(PEER).error_code is None  # an IP only: every port of it (RFC 8656 §9)
+    assert client.channel_bind(0x4000, PEER).error_code == 403  # port 5000: not a relay of this server
+    assert client.channel_bind(0x4000, ("198.51.100.7", 50001)).error_code is None
 
 
 @pytest.mark.parametrize(

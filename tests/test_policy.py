@@ -5,7 +5,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 import pytest
 
 from pyturn.errors import ConfigError
-from pyturn.policy import BUILTIN_DENIED, PeerPolicy, embedded_ipv4
+from pyturn.policy import BUILTIN_DENIED, PeerPolicy, Verdict, embedded_ipv4
 
 DEFAULT = PeerPolicy()
 
@@ -84,18 +84,18 @@ GARBAGE = [
 
 @pytest.mark.parametrize("ip", DENIED_BY_DEFAULT)
 def test_policy_default_denies_special_purpose(ip: str) -> None:
-    assert DEFAULT.is_allowed(ip) is False
+    assert DEFAULT.allows_permission(ip) is False
 
 
 @pytest.mark.parametrize("ip", ALLOWED_BY_DEFAULT)
 def test_policy_default_allows_public_and_private(ip: str) -> None:
-    assert DEFAULT.is_allowed(ip) is True
+    assert DEFAULT.allows_permission(ip) is True
 
 
 @pytest.mark.parametrize("ip", GARBAGE)
 def test_policy_garbage_is_denied_without_raising(ip: str) -> None:
-    assert DEFAULT.is_allowed(ip) is False
-    assert PeerPolicy(allowed=(ip_network("0.0.0.0/0"), ip_network("::/0"))).is_allowed(ip) is False
+    assert DEFAULT.allows_permission(ip) is False
+    assert PeerPolicy(allowed=(ip_network("0.0.0.0/0"), ip_network("::/0"))).allows_permission(ip) is False
 
 
 @pytest.mark.parametrize(
@@ -104,12 +104,12 @@ def test_policy_garbage_is_denied_without_raising(ip: str) -> None:
     ids=["none", "float", "int-public", "packed-public", "object"],
 )
 def test_policy_non_string_is_denied_without_raising(value: object) -> None:
-    assert DEFAULT.is_allowed(value) is False  # type: ignore[arg-type]
+    assert DEFAULT.allows_permission(value) is False  # type: ignore[arg-type]
 
 
 def test_policy_accepts_address_objects() -> None:
-    assert DEFAULT.is_allowed(IPv4Address("8.8.8.8")) is True
-    assert DEFAULT.is_allowed(IPv6Address("::ffff:127.0.0.1")) is False
+    assert DEFAULT.allows_permission(IPv4Address("8.8.8.8")) is True
+    assert DEFAULT.allows_permission(IPv6Address("::ffff:127.0.0.1")) is False
 
 
 @pytest.mark.parametrize(
@@ -125,33 +125,33 @@ def test_policy_accepts_address_objects() -> None:
 )
 def test_policy_allow_list_overrides_builtin_deny(ip: str) -> None:
     policy = PeerPolicy(allowed=(ip_network("127.0.0.0/8"), ip_network("::1/128")))
-    assert policy.is_allowed(ip) is True
+    assert policy.allows_permission(ip) is True
 
 
 def test_policy_allow_list_keeps_other_denies() -> None:
     policy = PeerPolicy(allowed=(ip_network("127.0.0.0/8"),))
-    assert policy.is_allowed("::1") is False
-    assert policy.is_allowed("169.254.169.254") is False
-    assert policy.is_allowed("::ffff:0.0.0.0") is False
+    assert policy.allows_permission("::1") is False
+    assert policy.allows_permission("169.254.169.254") is False
+    assert policy.allows_permission("::ffff:0.0.0.0") is False
 
 
 def test_policy_allow_list_in_v6_form_matches_mapped_address() -> None:
     policy = PeerPolicy(allowed=(ip_network("::ffff:127.0.0.0/104"),))
-    assert policy.is_allowed("::ffff:127.0.0.1") is True
-    assert policy.is_allowed("127.0.0.1") is False
+    assert policy.allows_permission("::ffff:127.0.0.1") is True
+    assert policy.allows_permission("127.0.0.1") is False
 
 
 def test_policy_allow_inside_denied_range() -> None:
     policy = PeerPolicy(denied=(ip_network("10.0.0.0/8"),), allowed=(ip_network("10.1.2.0/24"),))
-    assert policy.is_allowed("10.1.2.3") is True
-    assert policy.is_allowed("::ffff:10.1.2.3") is True
-    assert policy.is_allowed("10.1.3.1") is False
+    assert policy.allows_permission("10.1.2.3") is True
+    assert policy.allows_permission("::ffff:10.1.2.3") is True
+    assert policy.allows_permission("10.1.3.1") is False
 
 
 def test_policy_explicit_allow_of_6to4_range() -> None:
     policy = PeerPolicy(allowed=(ip_network("2002::/16"),))
-    assert policy.is_allowed("2002:808:808::1") is True
-    assert policy.is_allowed("2001:0:4136:e378::1") is False
+    assert policy.allows_permission("2002:808:808::1") is True
+    assert policy.allows_permission("2001:0:4136:e378::1") is False
 
 
 @pytest.mark.parametrize(
@@ -167,50 +167,107 @@ def test_policy_explicit_allow_of_6to4_range() -> None:
 )
 def test_policy_deny_list_blocks_every_spelling(ip: str) -> None:
     policy = PeerPolicy(denied=(ip_network("10.0.0.0/8"),))
-    assert policy.is_allowed(ip) is False
-    assert policy.is_allowed("11.0.0.1") is True
+    assert policy.allows_permission(ip) is False
+    assert policy.allows_permission("11.0.0.1") is True
 
 
 def test_policy_deny_ula_blocks_aws_v6_metadata() -> None:
     policy = PeerPolicy(denied=(ip_network("fc00::/7"),))
-    assert policy.is_allowed("fd00:ec2::254") is False
-    assert policy.is_allowed("2606:4700::1111") is True
+    assert policy.allows_permission("fd00:ec2::254") is False
+    assert policy.allows_permission("2606:4700::1111") is True
 
 
-def test_policy_server_addresses_denied() -> None:
-    policy = PeerPolicy().with_server_addresses(["203.0.113.5", "2001:DB8::5"])
-    assert policy.server_addresses == frozenset({"203.0.113.5", "2001:db8::5"})
-    assert policy.is_allowed("203.0.113.5") is False
-    assert policy.is_allowed("::ffff:203.0.113.5") is False
-    assert policy.is_allowed("2001:db8:0::5") is False
-    assert policy.is_allowed("203.0.113.6") is True
-    assert policy.is_allowed("2001:db8::6") is True
+def test_policy_relay_addresses_allow_only_relay_range_ports() -> None:
+    policy = PeerPolicy(relay_ports=(49152, 65535)).with_server_addresses(["203.0.113.5", "2001:DB8::5"])
+    assert policy.relay_addresses == frozenset({"203.0.113.5", "2001:db8::5"})
+    assert policy.verdict("203.0.113.5") is Verdict.RELAY_PORTS_ONLY
+    assert policy.allows_permission("203.0.113.5") is True
+    assert policy.allows("203.0.113.5", 49152) is True
+    assert policy.allows("203.0.113.5", 65535) is True
+    assert policy.allows("203.0.113.5", 49151) is False
+    assert policy.allows("203.0.113.5", 3478) is False
+    assert policy.allows("2001:db8:0::5", 50000) is True
+    assert policy.allows("2001:db8:0::5", 5349) is False
+    assert policy.allows("203.0.113.6", 3478) is True
+    assert policy.allows("2001:db8::6", 22) is True
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["::ffff:203.0.113.5", "::ffff:0:203.0.113.5", "::203.0.113.5", "64:ff9b::cb00:7105", "64:ff9b:1::cb00:7105",
+     "2002:cb00:7105::1"],
+)
+def test_policy_relay_address_in_an_ipv4_in_ipv6_spelling_is_denied(spelling: str) -> None:
+    policy = PeerPolicy().with_server_addresses(["203.0.113.5"])
+    assert policy.verdict(spelling) is Verdict.DENIED
+    assert policy.allows(spelling, 50000) is False
+
+
+def test_policy_host_addresses_denied_on_every_port() -> None:
+    policy = PeerPolicy().with_server_addresses(host=["10.1.2.3", "fd00::2"])
+    assert policy.allows_permission("10.1.2.3") is False
+    assert policy.allows("10.1.2.3", 50000) is False
+    assert policy.allows("::ffff:10.1.2.3", 50000) is False
+    assert policy.allows("fd00::2", 50000) is False
+    assert policy.allows("10.1.2.4", 50000) is True
+
+
+def test_policy_configured_loopback_relay_address_beats_the_builtin_deny_on_relay_ports() -> None:
+    # TurnAddress = 127.0.0.1 (a lab server): its clients' relays live on 127.0.0.1 and reach each other.
+    policy = PeerPolicy().with_server_addresses(["127.0.0.1"])
+    assert policy.allows("127.0.0.1", 50000) is True
+    assert policy.allows("127.0.0.1", 3478) is False
+    assert policy.allows("127.0.0.2", 50000) is False
+    assert policy.allows("::ffff:127.0.0.1", 50000) is False
+
+
+def test_policy_relay_address_beats_an_operator_deny_on_relay_ports() -> None:
+    policy = PeerPolicy(denied=(ip_network("10.0.0.0/8"),)).with_server_addresses(["10.0.0.5"])
+    assert policy.allows("10.0.0.5", 50000) is True
+    assert policy.allows("10.0.0.5", 5432) is False
+    assert policy.allows("10.0.0.6", 50000) is False
 
 
 def test_policy_server_address_in_mapped_form_is_normalised() -> None:
-    policy = PeerPolicy(server_addresses=frozenset({"::ffff:198.51.100.7"}))
-    assert policy.server_addresses == frozenset({"198.51.100.7"})
-    assert policy.is_allowed("198.51.100.7") is False
+    policy = PeerPolicy(
+        relay_addresses=frozenset({"::ffff:198.51.100.7"}), host_addresses=frozenset({"::ffff:1.2.3.4"})
+    )
+    assert policy.relay_addresses == frozenset({"198.51.100.7"})
+    assert policy.host_addresses == frozenset({"1.2.3.4"})
+    assert policy.allows("198.51.100.7", 50000) is True
 
 
 def test_policy_with_server_addresses_adds_and_keeps_lists() -> None:
-    base = PeerPolicy(denied=(ip_network("10.0.0.0/8"),), server_addresses=frozenset({"198.51.100.1"}))
-    policy = base.with_server_addresses(["198.51.100.2"])
-    assert policy.server_addresses == frozenset({"198.51.100.1", "198.51.100.2"})
+    base = PeerPolicy(denied=(ip_network("10.0.0.0/8"),), relay_addresses=frozenset({"198.51.100.1"}))
+    policy = base.with_server_addresses(["198.51.100.2"], ["198.51.100.3"], relay_ports=(40000, 40099))
+    assert policy.relay_addresses == frozenset({"198.51.100.1", "198.51.100.2"})
+    assert policy.host_addresses == frozenset({"198.51.100.3"})
+    assert policy.relay_ports == (40000, 40099)
     assert policy.denied == base.denied
-    assert base.server_addresses == frozenset({"198.51.100.1"})
-    assert policy.is_allowed("10.0.0.1") is False
+    assert base.relay_addresses == frozenset({"198.51.100.1"})
+    assert base.relay_ports == (49152, 65535)
+    assert policy.allows_permission("10.0.0.1") is False
+    assert policy.allows("198.51.100.1", 49152) is False
+
+
+def test_policy_an_address_both_relay_and_host_counts_as_relay() -> None:
+    policy = PeerPolicy().with_server_addresses(["198.51.100.1"], ["198.51.100.1"])
+    assert policy.host_addresses == frozenset()
+    assert policy.allows("198.51.100.1", 50000) is True
 
 
 def test_policy_allow_list_overrides_server_address() -> None:
     # A test rig's server listens on 127.0.0.1 and its peers live there too (permissions are per IP).
-    policy = PeerPolicy(allowed=(ip_network("127.0.0.0/8"),)).with_server_addresses(["127.0.0.1"])
-    assert policy.is_allowed("127.0.0.1") is True
+    policy = PeerPolicy(allowed=(ip_network("127.0.0.0/8"),)).with_server_addresses(["127.0.0.1"], ["127.0.0.2"])
+    assert policy.allows("127.0.0.1", 3478) is True
+    assert policy.allows("127.0.0.2", 22) is True
 
 
 def test_policy_with_server_addresses_rejects_garbage() -> None:
     with pytest.raises(ConfigError):
         PeerPolicy().with_server_addresses(["not-an-ip"])
+    with pytest.raises(ConfigError):
+        PeerPolicy(relay_ports=(50000, 49999))
 
 
 def test_policy_is_frozen_and_comparable() -> None:
@@ -247,3 +304,10 @@ def test_embedded_ipv4(ip: str, inner: str | None) -> None:
     address = ip_address(ip)
     assert isinstance(address, IPv6Address)
     assert embedded_ipv4(address) == (ip_address(inner) if inner else None)
+
+
+def test_policy_listener_port_inside_the_relay_range_is_never_a_relay() -> None:
+    # TurnPort = 0 (an ephemeral port) can land inside the relay range: it is still the listener.
+    policy = PeerPolicy().with_server_addresses(["198.51.100.19"], listener_ports=[56598])
+    assert policy.allows("198.51.100.19", 56598) is False
+    assert policy.allows("198.51.100.19", 56599) is True

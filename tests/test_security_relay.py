@@ -134,17 +134,102 @@ def test_security_relay_private_ranges_allowed_by_default(ip: str) -> None:
     assert client.create_permission(_peer(ip)).error_code is None
 
 
-@pytest.mark.parametrize(
-    "ip",
-    [pytest.param("192.0.2.1", id="listening-address"), pytest.param("::ffff:192.0.2.1", id="v4-mapped-spelling"),
-     pytest.param("192.0.2.50", id="relay-address")],
-)
-def test_security_relay_server_own_addresses_are_refused(ip: str) -> None:
-    # Case 26: the server's own addresses (listeners and relays) are never peers: no relay-to-self loops.
+# The harness's server listens on 192.0.2.1:3478 and relays on 192.0.2.1:50000-50999 (tests/turnclient.py).
+# Its own addresses are peers only on relay-range ports: other allocations' relays (RFC 8656 §9: relay-to-relay
+# between two clients of one server, the WebRTC relay/relay candidate pair), never its listeners or other
+# services of the host (case 26).
+OWN_ADDRESS_DENIED = [
+    pytest.param(("192.0.2.1", 3478), id="listening-port"),
+    pytest.param(("192.0.2.1", 3479), id="alternate-port"),
+    pytest.param(("192.0.2.1", 22), id="ssh"),
+    pytest.param(("192.0.2.1", 49999), id="just-below-range"),
+    pytest.param(("192.0.2.1", 51000), id="just-above-range"),
+    pytest.param(("192.0.2.50", 443), id="relay-address-outside-range"),
+    pytest.param(("203.0.113.77", 5432), id="external-address-outside-range"),
+]
+OWN_ADDRESS_SPELLINGS = [
+    pytest.param(("::ffff:192.0.2.1", 50010), id="v4-mapped-in-range"),
+    pytest.param(("::ffff:192.0.2.1", 3478), id="v4-mapped-listener"),
+    pytest.param(("::ffff:0:192.0.2.1", 50010), id="v4-translated-in-range"),
+    pytest.param(("::192.0.2.1", 50010), id="v4-compatible-in-range"),
+    pytest.param(("64:ff9b::c000:201", 50010), id="nat64-in-range"),
+    pytest.param(("64:ff9b::c000:201", 3478), id="nat64-listener"),
+    pytest.param(("2002:c000:201::1", 50010), id="6to4-in-range"),
+]
+
+
+def _own_address_harness() -> Harness:
     harness = Harness()
-    harness.core.set_server_addresses({"192.0.2.1", "192.0.2.50"})
-    client = _allocated(harness, _family(ip))
-    _assert_refused_everywhere(harness, client, _peer(ip), 403)
+    harness.core.set_server_addresses({"192.0.2.1", "192.0.2.50", "203.0.113.77"}, {"192.0.2.2"})
+    return harness
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [pytest.param(("192.0.2.1", 50000), id="range-start"), pytest.param(("192.0.2.1", 50999), id="range-end"),
+     pytest.param(("192.0.2.50", 50500), id="relay-address"), pytest.param(("203.0.113.77", 50002), id="external")],
+)
+def test_security_relay_own_address_on_a_relay_port_is_allowed_everywhere(peer: tuple[str, int]) -> None:
+    harness = _own_address_harness()
+    client = _allocated(harness, FAMILY_IPV4)
+    assert client.create_permission(peer).error_code is None
+    assert client.channel_bind(CHANNEL, peer).error_code is None
+    assert client.send_indication(b"to another relay", peer).of(SendToPeer)
+    assert harness.peer(client.handle, b"from another relay", peer).of(SendToClient)
+
+
+@pytest.mark.parametrize("peer", OWN_ADDRESS_DENIED)
+def test_security_relay_own_address_outside_the_relay_range_is_refused(peer: tuple[str, int]) -> None:
+    # A permission names an IP only (RFC 8656 §9), so it is installed; everything that names the port is refused.
+    harness = _own_address_harness()
+    client = _allocated(harness, FAMILY_IPV4)
+    assert client.create_permission(peer).error_code is None
+    assert client.channel_bind(CHANNEL, peer).error_code == 403
+    assert not client.allocation.channels
+    assert client.send_indication(b"probe", peer).actions == []
+    assert harness.peer(client.handle, b"reply", peer).actions == []
+
+
+@pytest.mark.parametrize("peer", OWN_ADDRESS_SPELLINGS)
+def test_security_relay_own_address_in_another_spelling_is_refused_on_every_port(peer: tuple[str, int]) -> None:
+    harness = _own_address_harness()
+    client = _allocated(harness, FAMILY_IPV6)
+    _assert_refused_everywhere(harness, client, peer, 403)
+
+
+@pytest.mark.parametrize("port", [50010, 3478, 80])
+def test_security_relay_host_address_is_refused_on_every_port(port: int) -> None:
+    # Another address of the host that no relay binds to (an internal interface, the RFC 5780 alternate address).
+    harness = _own_address_harness()
+    client = _allocated(harness, FAMILY_IPV4)
+    _assert_refused_everywhere(harness, client, ("192.0.2.2", port), 403)
+
+
+def test_security_relay_two_clients_of_one_server_relay_to_each_other() -> None:
+    # No set_server_addresses at all: the relay IP is learned from the bound relay socket.
+    harness = Harness()
+    alice = _allocated(harness, FAMILY_IPV4)
+    bob = _allocated(harness, FAMILY_IPV4, username="bob", client=("203.0.113.11", 40000))
+    assert alice.relayed[0] == bob.relayed[0] == "192.0.2.1"
+    assert bob.create_permission(alice.relayed).error_code is None
+    assert alice.channel_bind(CHANNEL, bob.relayed).error_code is None
+    to_bob = alice.send_indication(b"hello bob", bob.relayed).one(SendToPeer)
+    assert (to_bob.peer, to_bob.data) == (bob.relayed, b"hello bob")
+    # Bob's relay receives it from Alice's relay: Bob's permission for Alice's relay IP lets it through.
+    delivered = harness.peer(bob.handle, b"hello bob", alice.relayed).one(SendToClient)
+    assert delivered.five_tuple.client == ("203.0.113.11", 40000)
+    assert harness.peer(bob.handle, b"from the listener", ("192.0.2.1", 3478)).actions == []
+
+
+def test_security_relay_loopback_relay_learned_from_a_bound_relay_stays_denied() -> None:
+    # A wildcard listener binds a local client's relay on 127.0.0.1: that does not open loopback to everyone.
+    harness = Harness()
+    local = harness.client(client=("127.0.0.1", 40000), server=("127.0.0.1", 3478))
+    assert local.allocate().response.msg_class is MessageClass.SUCCESS
+    assert local.relayed[0] == "127.0.0.1"
+    assert not harness.core.policy.allows("127.0.0.1", local.relayed[1])
+    remote = _allocated(harness, FAMILY_IPV4)
+    assert remote.channel_bind(CHANNEL, local.relayed).error_code == 403
 
 
 def test_security_relay_multi_address_permission_with_one_denied_installs_nothing() -> None:
@@ -263,11 +348,17 @@ async def test_security_relay_refused_peer_over_real_server_gets_403(loopback_co
         assert server.relayed_bytes().to_peer == 0
 
 
-async def test_security_relay_server_denies_its_relay_and_external_addresses(loopback_config: Config) -> None:
-    # Case 26: besides the listeners, the relay bind address and the advertised external address are the server.
-    config = loopback_config.replace(relay_address="127.0.0.1", external_address="203.0.113.77")
+async def test_security_relay_server_knows_its_relay_and_external_addresses(loopback_config: Config) -> None:
+    # Case 26: besides the listeners, the relay bind address and the advertised external address are the server:
+    # peers there only on relay-range ports, in their own spelling only.
+    config = loopback_config.replace(relay_address="127.0.0.1", external_address="203.0.113.77",
+                                     allowed_peer_addresses=())
     async with Server(config, users={USERNAME: PASSWORD}) as server:
         assert server.core is not None
-        assert {"127.0.0.1", "203.0.113.77"} <= server.core.policy.server_addresses
-        assert not server.core.policy.is_allowed("203.0.113.77")
-        assert not server.core.policy.is_allowed("::ffff:203.0.113.77")
+        policy = server.core.policy
+        assert {"127.0.0.1", "203.0.113.77"} <= policy.relay_addresses
+        assert policy.allows("203.0.113.77", 50000)
+        assert policy.allows("127.0.0.1", 65535)
+        assert not policy.allows("203.0.113.77", 3478)
+        assert not policy.allows("127.0.0.1", server.addresses["udp"][0][1])
+        assert not policy.allows_permission("::ffff:203.0.113.77")

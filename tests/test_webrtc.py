@@ -53,7 +53,10 @@ class Recorder:
 @pytest.fixture
 async def recorded_server() -> AsyncIterator[tuple[pyturn.Server, Recorder]]:
     recorder = Recorder()
-    async with pyturn.Server(users={USERNAME: PASSWORD}, hooks=recorder.hooks()) as server:
+    # The default peer policy, no allow list: the two relays reach each other because 127.0.0.1 is the server's
+    # own relay address and their ports lie in the relay range (docs/security.md "Peer policy").
+    config = pyturn.loopback_config(allowed_peer_addresses=())
+    async with pyturn.Server(config, users={USERNAME: PASSWORD}, hooks=recorder.hooks()) as server:
         yield server, recorder
 
 
