@@ -55,6 +55,7 @@ class Deployment:
     server: PyturnServer
     users_file: Path
     htdigest: Htdigest
+    peer_host: Namespace  # 198.51.100.30, another machine on the server's network
 
     @property
     def turn(self) -> tuple[str, int]:
@@ -71,6 +72,6 @@ def handbook_deployment(directory: Path) -> Iterator[Deployment]:
         htdigest.add(users_file, REALM, username, password)
     config = write_config(directory, handbook_config(users_file))
     with Namespace(lan=True) as namespace:  # lan: Chromium ignores loopback interfaces, see Namespace
-        namespace.add_address(PEER_ADDRESS)
+        peer_host = namespace.add_host(PEER_ADDRESS)
         with pyturn_in(namespace, config, (TURN_ADDRESS, TURN_PORT)) as server:
-            yield Deployment(namespace, server, users_file, htdigest)
+            yield Deployment(namespace, server, users_file, htdigest, peer_host)

@@ -41,7 +41,7 @@ T = TypeVar("T")
 TURN_ADDRESS = "198.51.100.19"
 ALT_STUN_ADDRESS = "198.51.100.20"
 TURN_V6_ADDRESS = "2001:db8:1000:2000::19"
-PEER_ADDRESS = "198.51.100.30"  # a peer host that is not the server (turnutils_peer)
+PEER_ADDRESS = "198.51.100.30"  # a peer host that is not the server (turnutils_peer), see Namespace.add_host
 DEFAULT_ADDRESSES = (f"{TURN_ADDRESS}/32", f"{ALT_STUN_ADDRESS}/32", f"{TURN_V6_ADDRESS}/128")
 
 LAN_DEVICE = "turn0"
@@ -154,6 +154,7 @@ class Namespace:
         # Traffic between local addresses still goes through lo, whichever device carries them.
         self.lan = lan
         self.processes: list[subprocess.Popen[Any]] = []
+        self.hosts: list[Namespace] = []  # other hosts linked to this one (add_host), closed with it
         self.created = False
 
     # ------------------------------------------------------------------ lifetime
@@ -179,6 +180,9 @@ class Namespace:
 
     def close(self) -> None:
         """Stop every process started here (and anything else still running in the namespace), then delete it."""
+        for host in reversed(self.hosts):
+            host.close()
+        self.hosts.clear()
         for process in reversed(self.processes):
             stop_process(process)
         self.processes.clear()
@@ -211,6 +215,27 @@ class Namespace:
         for device in ("lo", LAN_DEVICE) if self.lan else ("lo",):
             self.ip("addr", "add", address, "dev", device, *extra)
         self.addresses.append(address)
+
+    def add_host(self, address: str) -> Namespace:
+        """Another host with one IPv4 address, in a namespace of its own, on a veth link to this one.
+
+        A server counts every address of its own host as its own (never a peer), so a peer must live on a
+        different host, as in a real deployment. Both sides route the other's addresses over the link; no
+        other address is reachable from either.
+        """
+        host = Namespace(addresses=())
+        host.__enter__()
+        self.hosts.append(host)
+        link = f"host{len(self.hosts)}"
+        _run(["ip", "-n", self.name, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", host.name])
+        self.ip("link", "set", link, "up")
+        host.ip("link", "set", "eth0", "up")
+        host.ip("addr", "add", f"{address}/32", "dev", "eth0")
+        self.ip("route", "add", f"{address}/32", "dev", link)
+        for own in self.addresses:
+            if ":" not in own:
+                host.ip("route", "add", own, "dev", "eth0")
+        return host
 
     # ------------------------------------------------------------------ processes
     def command(self, *argv: str | os.PathLike[str]) -> list[str]:

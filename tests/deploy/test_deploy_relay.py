@@ -107,6 +107,30 @@ def test_two_udp_clients_relay_to_each_other(deployment: Deployment, host: str) 
     assert result["messages"] == 14
 
 
+async def _channel_bind_codes(peers: list[Address]) -> list[int | None]:
+    user, password = next(iter(USERS.items()))
+    codes: list[int | None] = []
+    with MiniTurnClient((TURN_ADDRESS, TURN_PORT), user, password) as client:
+        await client.allocate()
+        for number, peer in enumerate(peers):
+            try:
+                await client.request(Method.CHANNEL_BIND, (Attr.CHANNEL_NUMBER, CHANNEL_A + number),
+                                     (Attr.XOR_PEER_ADDRESS, peer))
+                codes.append(None)
+            except TurnRequestFailed as failure:
+                codes.append(failure.code)
+        await client.refresh(0)
+    return codes
+
+
+def test_the_servers_own_services_stay_refused(deployment: Deployment) -> None:
+    # Relay-to-relay opens the relay port range of the server's addresses, nothing else there (RFC 8656 §21.2.3).
+    peers = [(TURN_ADDRESS, TURN_PORT), (TURN_ADDRESS, ALT_STUN_PORT), (ALT_STUN_ADDRESS, TURN_PORT),
+             (TURN_ADDRESS, 22), (TURN_ADDRESS, PORT_RANGE[0] - 1), ("127.0.0.1", PORT_RANGE[0])]
+    codes = deployment.namespace.run_async(lambda: _channel_bind_codes(peers), SCENARIO_TIMEOUT)
+    assert codes == [403] * len(peers), list(zip(peers, codes, strict=True))
+
+
 # ------------------------------------------------------------------------------------------ TCP clients
 async def _stream_client() -> StreamTurnClient:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(TURN_ADDRESS, TURN_PORT), WAIT)
@@ -175,14 +199,14 @@ def _uclient(namespace: Namespace, *arguments: str) -> Any:
 
 @pytest.mark.parametrize("transport", [[], ["-t"]], ids=["udp", "tcp"])
 def test_uclient_to_a_peer_host_loses_nothing(deployment: Deployment, transport: list[str]) -> None:
-    namespace = deployment.namespace
-    peer = namespace.popen(require_tool("turnutils_peer"), "-L", PEER_ADDRESS, "-p", "3480")
+    peer_host = deployment.peer_host
+    peer = peer_host.popen(require_tool("turnutils_peer"), "-L", PEER_ADDRESS, "-p", "3480")
     try:
-        _wait_udp_listener(namespace, (PEER_ADDRESS, 3480))
-        report = _uclient(namespace, *transport, "-e", PEER_ADDRESS, "-r", "3480", "-n", "50", "-m", "2",
+        _wait_udp_listener(peer_host, (PEER_ADDRESS, 3480))
+        report = _uclient(deployment.namespace, *transport, "-e", PEER_ADDRESS, "-r", "3480", "-n", "50", "-m", "2",
                           "-l", "170")
     finally:
-        namespace.stop(peer)
+        peer_host.stop(peer)
     # -m 2 with a peer: one RTP/RTCP pair of sessions, each sending -n messages.
     assert (report.sent, report.received, report.lost) == (100, 100, 0), report.output[-3000:]
 
