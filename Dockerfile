@@ -11,7 +11,13 @@
 # and add  -p 3478:3478/udp -p 3478:3478/tcp -p 5349:5349/tcp -p 49152-49251:49152-49251/udp .
 # Behind Docker's NAT set TurnAddress to the container's address and ExternalAddress to the public one.
 # The health check asks 127.0.0.1:3478 for a STUN Binding: keep TurnAddress = 0.0.0.0 (or 127.0.0.1) and
-# TurnPort = 3478, or override HEALTHCHECK.
+# TurnPort = 3478, or override HEALTHCHECK. It tests the STUN service itself, so it stays the container's check.
+# Metrics and health over HTTP: set MetricsPort (e.g. 9641; MetricsAddress = 0.0.0.0 to reach it from outside the
+# container, on a network only the monitoring can reach: it has no authentication) and publish it with
+# -p 9641:9641/tcp. /metrics is for Prometheus, /healthz answers 200 while the process serves and /readyz 200 when
+# it is ready for traffic (503 while draining or before users are loaded): use them as liveness and readiness
+# probes of an orchestrator, e.g. Kubernetes httpGet probes on those paths. A check on the HTTP endpoint instead:
+#   HEALTHCHECK CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9641/readyz', timeout=3)"]
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from hashlib import sha256
 
 from pyturn.errors import TurnError
+from pyturn.stats import BAD_INTEGRITY, STALE_NONCE, UNKNOWN_USER
 from pyturn.stun import Attr, Message, verify_integrity
 
 UserLookup = Callable[[str, str], "bytes | None"]
@@ -70,7 +71,12 @@ class Credentials:
 
 
 class Challenge(TurnError):
-    """A TurnError whose response must carry REALM and a fresh NONCE (401, 438)."""
+    """A TurnError whose response must carry REALM and a fresh NONCE (401, 438); `failure` names the cause for
+    the metrics (one of pyturn.stats.AUTH_FAILURE_REASONS, "" for a first request without credentials)."""
+
+    def __init__(self, code: int, reason: str, failure: str = "") -> None:
+        super().__init__(code, reason)
+        self.failure = failure
 
 
 def authenticate(
@@ -92,8 +98,10 @@ def authenticate(
     # The nonce is checked before the user and the HMAC, as reTurn does: a stale nonce gets 438 even
     # with a wrong password (RFC 8489 §9.2.4 step 3 allows either order).
     if not nonces.is_fresh(nonce, now):
-        raise Challenge(438, "Stale Nonce")
+        raise Challenge(438, "Stale Nonce", STALE_NONCE)
     key = lookup(username, request_realm)
-    if key is None or not verify_integrity(request, key):
-        raise Challenge(401, "Unauthorized")
+    if key is None:
+        raise Challenge(401, "Unauthorized", UNKNOWN_USER)
+    if not verify_integrity(request, key):
+        raise Challenge(401, "Unauthorized", BAD_INTEGRITY)
     return Credentials(username, request_realm, key)

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyturn import __version__
 from pyturn.config import Config, ConfigWarning, load_config
@@ -42,6 +42,7 @@ __all__ = ["EXIT_ALREADY_RUNNING", "EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EX
 DEFAULT_CONFIG = "reTurnServer.config"  # reTurn opens this in the current directory when no file is given
 
 USAGE = f"""usage: pyturn [-c] [CONFIG] [--Key=Value ...] [--check-config] [--version] [-h]
+       pyturn status [-c CONFIG] [--interval SECONDS]   (a running server's metrics, summarised)
 
 pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configuration.
 
@@ -60,6 +61,16 @@ exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up fa
 
 class UsageError(Exception):
     pass
+
+
+def _status(argv: Sequence[str]) -> int:
+    from pyturn import status
+
+    return status.main(argv)
+
+
+# `pyturn NAME ...`: a first argument naming a subcommand runs it instead of a server.
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"status": _status}
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
@@ -93,6 +104,8 @@ def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[arguments[0]](arguments[1:])
     if any(a.lower() in ("-h", "--help", "-?", "--?", "/?") for a in arguments):
         sys.stdout.write(USAGE)
         return EXIT_OK

@@ -105,6 +105,8 @@ class Config:
     tcp_auth_timeout: int = 30  # seconds a TCP/TLS connection may stay unauthenticated
     max_permissions_per_allocation: int = 64  # 508 beyond (anchors.md §5.5 case 36)
     max_channels_per_allocation: int = 64  # 508 beyond
+    metrics_address: str = "127.0.0.1"  # the HTTP listener of /metrics, /healthz, /readyz (pyturn.metrics)
+    metrics_port: int = 0  # 0 = no metrics listener
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (no validation: code that builds Configs owns its values)."""
@@ -270,6 +272,9 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
           "permissions (peer IPs) one allocation may hold (508 beyond); 0 = unlimited"),
     _spec("MaxChannelsPerAllocation", "max_channels_per_allocation", Kind.COUNT,
           "channel bindings one allocation may hold (508 beyond); 0 = unlimited"),
+    _spec("MetricsAddress", "metrics_address", Kind.STRING,
+          "IPv4 or IPv6 address of the HTTP listener serving /metrics, /healthz and /readyz"),
+    _spec("MetricsPort", "metrics_port", Kind.PORT, "port of that listener; 0 = no listener"),
 ]))
 
 
@@ -652,6 +657,12 @@ def _validate(values: dict[str, Any], applied_from: dict[str, _Entry], config_pa
         raise ConfigError("Missing user database option (UserDatabaseFile)", *where("user_database_file"))
     if not os.path.isfile(user_file) or not os.access(user_file, os.R_OK):
         raise ConfigError(f"UserDatabaseFile: cannot read {user_file!r}", *where("user_database_file"))
+
+    try:
+        values["metrics_address"] = str(ipaddress.ip_address(values["metrics_address"].strip()))
+    except ValueError:
+        raise ConfigError(f"MetricsAddress: {values['metrics_address']!r} is not an IPv4 or IPv6 address",
+                          *where("metrics_address")) from None
 
     low, high = values["allocation_port_range_min"], values["allocation_port_range_max"]
     if low > high:

@@ -42,6 +42,7 @@ from pyturn.errors import StunDecodeError, TurnError
 from pyturn.policy import PeerPolicy, Verdict
 from pyturn.ports import PortPool
 from pyturn.ratelimit import SourceLimiter
+from pyturn.stats import MALFORMED, RATE_LIMITED, CoreStats
 from pyturn.stun import (
     Address,
     Attr,
@@ -249,6 +250,7 @@ class TurnServerCore:
         self._now = 0.0  # the time of the call being handled, for deadlines set deep inside handlers
         rate = config.unauthenticated_rate_limit
         self._limiter = SourceLimiter(rate) if rate > 0 else None
+        self.stats = CoreStats()  # read by pyturn.metrics at scrape time
 
     # ------------------------------------------------------------------------------------------ set-up
     def set_user_lookup(self, users: UserLookup) -> None:
@@ -283,6 +285,11 @@ class TurnServerCore:
     def allocations(self) -> dict[FiveTuple, Allocation]:
         return self._allocations
 
+    @property
+    def ports(self) -> PortPool:
+        """The relay port pool (read by pyturn.metrics)."""
+        return self._ports
+
     def allocation_for_handle(self, handle: Any) -> Allocation | None:
         return self._by_handle.get(handle)
 
@@ -302,6 +309,7 @@ class TurnServerCore:
         except StunDecodeError:
             return []  # malformed STUN is dropped without an answer (RFC 8489 §6.3)
         if message.msg_class is MessageClass.REQUEST:
+            self.stats.request(message.method)
             # RFC 8489 §6.3.1: a retransmission (same 5-tuple, same transaction id) gets the first answer again.
             allocation = self._allocations.get(five_tuple)
             if allocation is not None:
@@ -367,6 +375,7 @@ class TurnServerCore:
         user = (credentials.username, credentials.realm)
         self._per_user[user] = self._per_user.get(user, 0) + 1
         self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        self.stats.allocation_created(five_tuple.transport.value, pending.family)
         log.info(
             "allocation %s:%d/%s for %r relayed at %s:%d for %ds",
             five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value,
@@ -506,6 +515,7 @@ class TurnServerCore:
             actions = self._refuse(request, five_tuple, error)
             if request.integrity_offset is not None:
                 actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME)))
+                self.stats.auth_failure(getattr(error, "failure", "") or MALFORMED)
             return actions
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
@@ -527,6 +537,7 @@ class TurnServerCore:
             and not _is_loopback(five_tuple.client[0])
             and not limiter.allow(five_tuple.client[0], self._now)
         ):
+            self.stats.auth_failure(RATE_LIMITED)
             return []
         response = self._error(request, error)
         if isinstance(error, Challenge):
@@ -935,6 +946,8 @@ class TurnServerCore:
         return response
 
     def _encode(self, request: Message, response: Message, key: bytes | None) -> bytes:
+        if response.msg_class is MessageClass.ERROR:
+            self.stats.error_response(response.method, response.get(Attr.ERROR_CODE)[0])
         software = self._software
         if software is not None:
             response.add(Attr.SOFTWARE, software)

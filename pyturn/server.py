@@ -12,10 +12,11 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyturn.allocation import Transport
 from pyturn.auth import UserLookup
@@ -24,17 +25,23 @@ from pyturn.core import Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.localaddrs import interface_addresses, server_addresses
+from pyturn.stats import ReloadStats
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.transport import (
     Runtime,
     UdpListener,
+    bind_stream,
     bind_udp,
     has_ipv6,
     make_stream_factory,
     start_stream_listener,
 )
 from pyturn.userdb import UserDB, load_user_file
+
+if TYPE_CHECKING:
+    from pyturn.metrics import MetricsEndpoint
+    from pyturn.metrics_workers import SampleAnswerer
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +156,12 @@ class Server:
         # The whole relay range, where the server's own addresses are valid peers (other allocations' relays);
         # a worker's config holds only its slice of it.
         self._relay_ports = relay_ports
-        self._listen_sockets = {_listen_key(sock.type, *sock.getsockname()[:2]): sock for sock in listen_sockets}
+        # AF_UNIX socketpairs among them link the workers' metrics (pyturn.metrics_workers).
+        self._metrics_channels = [sock for sock in listen_sockets if sock.family == socket.AF_UNIX]
+        self._listen_sockets = {
+            _listen_key(sock.type, *sock.getsockname()[:2]): sock
+            for sock in listen_sockets if sock.family != socket.AF_UNIX
+        }
         unknown = set(transports) - set(TRANSPORTS)
         if unknown:
             raise PyturnError(f"unknown transports {sorted(unknown)}: choose among {TRANSPORTS}")
@@ -165,7 +177,12 @@ class Server:
         self._users_from_file = users is None
         self._user_db: UserDB | None = None
         self._user_file_mtime: float | None = None  # set by the first load, before the watcher compares with it
+        self.reload_stats = ReloadStats()
         self._lookup = self._initial_lookup(users)
+        self.reload_stats.last_success = time.time()
+        self.draining = False  # set while the server drains before a stop: /readyz then answers 503
+        self.metrics: MetricsEndpoint | None = None
+        self._metrics_answerers: list[SampleAnswerer] = []
         self.core: TurnServerCore | None = None
         self._runtime: Runtime | None = None
         self._udp: list[UdpListener] = []
@@ -229,6 +246,11 @@ class Server:
                 self._lookup = self._user_db.lookup
         else:
             return ReloadResult(False, 0, ["users were given in code; pass users= to reload them"])
+        if result.loaded:
+            self.reload_stats.successes += 1
+            self.reload_stats.last_success = time.time()
+        else:
+            self.reload_stats.failures += 1
         if self.core is not None:
             self.core.set_user_lookup(self._lookup)
         return result
@@ -268,9 +290,58 @@ class Server:
             await self.close()
             raise
         self.refresh_addresses()
+        if self.config.metrics_port:
+            try:
+                await self._start_configured_metrics()
+            except BaseException:
+                await self.close()
+                raise
         self._tasks.append(loop.create_task(self._ticker()))
         if self._users_from_file and self.config.user_database_check_interval > 0:
             self._tasks.append(loop.create_task(self._watch_user_file()))
+
+    async def start_metrics(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Serve /metrics, /healthz and /readyz on host:port (0 = ephemeral); returns the bound address.
+
+        start() calls this when MetricsPort is set; a test rig may call it after start() for an ephemeral port.
+        """
+        from pyturn.metrics import open_metrics_endpoint
+
+        if self.metrics is not None:
+            return self.metrics.address
+        adopted = self._listen_sockets.pop(_listen_key(socket.SOCK_STREAM, host, port), None)
+        try:
+            sock = adopted or bind_stream(host, port)
+        except OSError as error:
+            raise StartupError(f"cannot listen on metrics TCP {host}:{port}: {error.strerror or error}") from error
+        self.metrics = await open_metrics_endpoint(self, sock, self._metrics_channels)
+        return self.metrics.address
+
+    async def _start_configured_metrics(self) -> None:
+        from pyturn.metrics import answer_metrics_requests
+
+        host, port = self.config.metrics_address, self.config.metrics_port
+        if self._metrics_channels and _listen_key(socket.SOCK_STREAM, host, port) not in self._listen_sockets:
+            # Workers = N: another worker serves the endpoint and asks this one for its samples.
+            self._metrics_answerers = answer_metrics_requests(self, self._metrics_channels)
+            return
+        await self.start_metrics(host, port)
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The adapters' shared state (sockets, relayed counters); None before start()."""
+        return self._runtime
+
+    @property
+    def ready(self) -> bool:
+        """Listeners bound, users loaded, not draining (what /readyz answers)."""
+        users_loaded = self._user_db is None or len(self._user_db) > 0  # a lookup callable counts as loaded
+        bound = bool(self._udp or self._streams)
+        return self._started and not self._closed and bound and users_loaded and not self.draining
+
+    def user_count(self) -> int:
+        """Users in the database in force (0 when users come from a lookup callable)."""
+        return len(self._user_db) if self._user_db is not None else 0
 
     def refresh_addresses(self) -> None:
         """Re-read the host's interface addresses for the peer policy (start-up and SIGHUP: an interface may have
@@ -410,6 +481,10 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self.metrics is not None:
+            await self.metrics.close()
+        for answerer in self._metrics_answerers:
+            answerer.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -31,6 +31,7 @@ from pyturn.core import (
 )
 from pyturn.errors import StunDecodeError
 from pyturn.ratelimit import TokenBucket
+from pyturn.stats import RelayCounter
 from pyturn.stun import Address, StreamFramer
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,9 @@ class Runtime:
         self.udp_listeners: dict[Address, UdpListener] = {}
         self.streams: dict[FiveTuple, StreamConnection] = {}
         self.relays: set[RelayEndpoint] = set()
+        # Relayed datagrams and bytes by client transport, added once per wake-up by the relay loops.
+        self.relayed_to_peer = {kind: RelayCounter() for kind in Transport}
+        self.relayed_to_client = {kind: RelayCounter() for kind in Transport}
         # MaxTcpConnections / MaxTcpConnectionsPerSource and the fd budget (anchors.md §5.5 case 40).
         self.socket_budget = socket_budget(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.max_streams = stream_limit(core.config.max_tcp_connections)
@@ -188,6 +192,11 @@ class Runtime:
     def refused_streams(self) -> int:
         """TCP/TLS connections refused so far (caps or fd budget)."""
         return self._stream_refusals.total
+
+    @property
+    def refused_relays(self) -> int:
+        """Relay sockets refused so far (out of descriptors or the socket budget)."""
+        return self._relay_refusals.total
 
     def _sockets_exhausted(self) -> bool:
         return bool(self.socket_budget) and len(self.streams) + len(self.relays) >= self.socket_budget
@@ -221,7 +230,11 @@ class Runtime:
             if kind is SendToClient:
                 self._send_to_client(action.five_tuple, action.data)  # type: ignore[union-attr]
             elif kind is SendToPeer:
-                action.handle.send(action.data, action.peer)  # type: ignore[union-attr]
+                handle = action.handle  # type: ignore[union-attr]
+                if handle.send(action.data, action.peer):  # type: ignore[union-attr]
+                    counter = handle.relayed_to_peer
+                    counter.packets += 1
+                    counter.octets += len(action.data)  # type: ignore[union-attr]
             elif kind is OpenRelay:
                 self._open_relay(action)  # type: ignore[arg-type]
             elif kind is CloseRelay:
@@ -286,7 +299,7 @@ class Runtime:
 class UdpListener:
     """A UDP socket clients talk to (TurnPort, and the RFC 5780 alternate sockets)."""
 
-    __slots__ = ("address", "core", "routes", "runtime", "sock", "v6")
+    __slots__ = ("address", "core", "relayed", "routes", "runtime", "sock", "v6")
 
     def __init__(self, runtime: Runtime, sock: socket.socket) -> None:
         self.runtime = runtime
@@ -295,6 +308,7 @@ class UdpListener:
         self.address: Address = _plain(sock.getsockname())
         self.v6 = sock.family == socket.AF_INET6
         self.routes = runtime.core.routes(Transport.UDP, self.address)
+        self.relayed = runtime.relayed_to_peer[Transport.UDP]
         runtime.udp_listeners[self.address] = self
         runtime.loop.add_reader(sock.fileno(), self._readable)
 
@@ -307,11 +321,12 @@ class UdpListener:
     def _readable(self) -> None:
         sock = self.sock
         routes = self.routes
+        packets = octets = 0  # relayed by the fast path in this wake-up, added to self.relayed once
         for _ in range(DRAIN_BATCH):
             try:
                 data, source = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 continue
             if self.v6:
@@ -321,8 +336,9 @@ class UdpListener:
                 route = routes.get((source, (data[0] << 8) | data[1]))
                 if route is not None:
                     end = 4 + ((data[2] << 8) | data[3])
-                    if end <= len(data):
-                        route[0].send(data[4:end], route[1])
+                    if end <= len(data) and route[0].send(data[4:end], route[1]):
+                        packets += 1
+                        octets += end - 4
                     continue
             try:
                 actions = self.core.handle_client(
@@ -332,6 +348,10 @@ class UdpListener:
                 log.exception("dropped a datagram from %s:%d after an internal error", source[0], source[1])
                 continue
             self.runtime.dispatch(actions)
+        if packets:
+            relayed = self.relayed
+            relayed.packets += packets
+            relayed.octets += octets
 
     def close(self) -> None:
         self.runtime.udp_listeners.pop(self.address, None)
@@ -355,6 +375,8 @@ class RelayEndpoint:
         "fd",
         "pad",
         "peer_limit",
+        "relayed_to_client",
+        "relayed_to_peer",
         "runtime",
         "sock",
         "stream_key",
@@ -375,6 +397,8 @@ class RelayEndpoint:
         listener = runtime.udp_listeners.get(five_tuple.server) if five_tuple.transport is Transport.UDP else None
         self.udp_sock = listener.sock if listener is not None else None
         self.stream_key = five_tuple
+        self.relayed_to_peer = runtime.relayed_to_peer[five_tuple.transport]
+        self.relayed_to_client = runtime.relayed_to_client[five_tuple.transport]
         self.pad = five_tuple.transport is not Transport.UDP and runtime.core.config.tcp_channel_data_padding
         # MaxBandwidthPerAllocation: one token bucket per direction holding one second's worth; excess is
         # dropped, never queued (anchors.md §5.5 case 38).
@@ -384,15 +408,17 @@ class RelayEndpoint:
         self.client_limit = TokenBucket(rate, rate, now) if rate else None
         runtime.loop.add_reader(self.fd, self._readable)
 
-    def send(self, data: bytes, peer: Address) -> None:
+    def send(self, data: bytes, peer: Address) -> bool:
+        """Send to a peer; False when MaxBandwidthPerAllocation or the socket dropped the datagram."""
         limit = self.peer_limit
         if limit is not None and not limit.allow(len(data), self.runtime.loop.time()):
-            return
+            return False
         try:
             self.sock.sendto(data, peer)
         except OSError:
-            return
+            return False
         self.bytes_to_peer += len(data)
+        return True
 
     def _readable(self) -> None:
         if self.allocation is None:
@@ -402,11 +428,12 @@ class RelayEndpoint:
                 return
         sock = self.sock
         channels = self.allocation.channel_for_peer
+        packets = octets = 0  # relayed towards the client in this wake-up, added to the counters once
         for _ in range(DRAIN_BATCH):
             try:
                 data, peer = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 continue
             if self.v6:
@@ -416,7 +443,8 @@ class RelayEndpoint:
                 limit = self.client_limit
                 if limit is not None and not limit.allow(len(data), self.runtime.loop.time()):
                     continue
-                self.bytes_to_client += len(data)
+                packets += 1
+                octets += len(data)
                 header = _CHANNEL_HEADER.pack(channel, len(data))
                 if self.udp_sock is not None:
                     try:
@@ -432,8 +460,14 @@ class RelayEndpoint:
             actions = runtime.core.handle_peer(self, data, peer, runtime.now())
             limit = self.client_limit
             if actions and (limit is None or limit.allow(len(data), runtime.now())):
-                self.bytes_to_client += len(data)
+                packets += 1
+                octets += len(data)
                 runtime.dispatch(actions)
+        if packets:
+            self.bytes_to_client += octets
+            relayed = self.relayed_to_client
+            relayed.packets += packets
+            relayed.octets += octets
 
     def _drain_and_drop(self) -> None:
         try:
@@ -467,6 +501,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.five_tuple: FiveTuple | None = None
         self.routes: dict[tuple[Address, int], tuple[Any, Address]] = {}
+        self.relayed = runtime.relayed_to_peer[transport_kind]
         self.auth_timeout = auth_timeout
         self.timer: asyncio.TimerHandle | None = None
 
@@ -502,11 +537,14 @@ class StreamConnection(asyncio.Protocol):
         runtime = self.runtime
         routes = self.routes
         client = five_tuple.client
+        packets = octets = 0  # relayed by the fast path from this read, added to self.relayed once
         for frame in frames:
             if frame[0] & 0xC0 == 0x40:
                 route = routes.get((client, (frame[0] << 8) | frame[1]))
                 if route is not None:
-                    route[0].send(frame[4:], route[1])
+                    if route[0].send(frame[4:], route[1]):
+                        packets += 1
+                        octets += len(frame) - 4
                     continue
             try:
                 actions = runtime.core.handle_client(frame, five_tuple, runtime.now())
@@ -514,6 +552,10 @@ class StreamConnection(asyncio.Protocol):
                 log.exception("dropped a frame from %s after an internal error", client)
                 continue
             runtime.dispatch(actions)
+        if packets:
+            relayed = self.relayed
+            relayed.packets += packets
+            relayed.octets += octets
 
     def write(self, data: bytes) -> None:
         transport = self.transport

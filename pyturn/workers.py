@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyturn.config import Config
+from pyturn.metrics_workers import worker_metrics_sockets
 from pyturn.service import (
     EXIT_OK,
     EXIT_STARTUP,
@@ -150,12 +151,17 @@ class WorkerPool:
         slices = port_slices(low, high, worker_count(config))
         self.workers: list[_Worker] = []
         self.stopping = False
+        # MetricsPort: worker 0 serves the sum over all workers (pyturn.metrics_workers).
+        metrics_sockets = worker_metrics_sockets(config, len(slices))
         try:
             for index, (lo, hi) in enumerate(slices):
                 worker_config = config.replace(allocation_port_range_min=lo, allocation_port_range_max=hi)
-                self.workers.append(_Worker(index, worker_config, bind_listeners(config)))
+                self.workers.append(_Worker(index, worker_config, bind_listeners(config) + metrics_sockets[index]))
         except BaseException:
             self.close_sockets()
+            for sockets in metrics_sockets:
+                for sock in sockets:
+                    sock.close()
             raise
 
     def close_sockets(self) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-PURE_MODULES = ["stun", "auth", "userdb", "policy", "allocation", "ports", "ratelimit", "core", "config", "errors"]
-BANNED = {"asyncio", "socket", "ssl", "signal", "time", "select", "selectors", "threading", "subprocess", "uvloop"}
+PURE_MODULES = ["stun", "auth", "userdb", "policy", "allocation", "ports", "ratelimit", "core", "config", "errors",
+                "stats"]
+BANNED = {"asyncio", "socket", "ssl", "signal", "time", "select", "selectors", "threading", "subprocess", "uvloop",
+          "prometheus_client"}
 PACKAGE = Path(__file__).resolve().parent.parent / "pyturn"
 
 
