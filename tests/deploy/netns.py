@@ -208,7 +208,7 @@ class Namespace:
         return _run(["ip", "-n", self.name, *arguments]).stdout
 
     def add_address(self, address: str) -> None:
-        """Another address, e.g. a peer host: '198.51.100.30' (a /32 or /128 unless a prefix is given)."""
+        """Another address of this host (a /32 or /128 unless a prefix is given); a peer belongs on add_host."""
         if "/" not in address:
             address += "/128" if ":" in address else "/32"
         extra = ["nodad"] if ":" in address else []  # no duplicate address detection: usable at once
