@@ -251,25 +251,26 @@ def test_htdigest_user_added_and_removed_take_effect_on_sighup(deployment: Deplo
 
     deployment.htdigest.add(deployment.users_file, REALM, newcomer, password)
     assert re.search(rf"^{newcomer}:{REALM}:[0-9a-f]{{32}}$", deployment.users_file.read_text(), re.M)
-    _reload(deployment)
+    _reload(deployment, users=len(USERS) + 1)
     assert namespace.run_async(lambda: _allocate_as(newcomer, password), SCENARIO_TIMEOUT) is None
 
     deployment.htdigest.remove(deployment.users_file, REALM, newcomer)
-    _reload(deployment)
+    _reload(deployment, users=len(USERS))
     assert namespace.run_async(lambda: _allocate_as(newcomer, password), SCENARIO_TIMEOUT) == 401
     assert server.process.poll() is None
 
 
-def _reload(deployment: Deployment) -> None:
-    """SIGHUP, then wait (bounded) until the reload is logged: it happens asynchronously."""
+def _reload(deployment: Deployment, users: int) -> None:
+    """SIGHUP, then wait (bounded) until the server logs that it loaded the file again: it reloads asynchronously."""
     server = deployment.server
-    seen = server.log().count("SIGHUP")
+    loaded = re.compile(r"loaded (\d+) users from ")
+    before = len(loaded.findall(server.log()))
     server.signal(signal.SIGHUP)
     deadline = time.monotonic() + WAIT
-    while server.log().count("SIGHUP") <= seen:
+    while len(counts := loaded.findall(server.log())) <= before:
         assert time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.05)
-    time.sleep(0.2)  # the users are swapped right after the line is logged
+    assert int(counts[-1]) == users, server.log()[-3000:]
 
 
 # ------------------------------------------------------------------------------- RFC 5780 from .20
