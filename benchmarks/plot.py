@@ -20,12 +20,13 @@ def _series(document: dict[str, Any]) -> dict[tuple[str, str, str], list[tuple[i
     series: dict[tuple[str, str, str], list[tuple[int, float, float | None]]] = {}
     for entry in document.get("summary", []):
         for server in ("pyturn", "coturn"):
-            figures = entry.get(server)
-            if not figures or figures.get("relayed_pps") is None:
+            figures = entry.get("servers", {}).get(server, {}).get("figures", {})
+            pps, cpu = figures.get("relayed_pps"), figures.get("server_cpu_us_per_packet")
+            if not pps:
                 continue
             key = (entry["scenario"], entry["driver"], server)
             series.setdefault(key, []).append(
-                (int(entry["clients"]), float(figures["relayed_pps"]), figures.get("server_cpu_us_per_packet")))
+                (int(entry["clients"]), float(pps["median"]), float(cpu["median"]) if cpu else None))
     return {key: sorted(points) for key, points in series.items()}
 
 
@@ -64,9 +65,11 @@ def plot_results(document: dict[str, Any], path: Path) -> str:
         axis.grid(True, which="both", alpha=0.3)
         axis.set_ylim(bottom=0)
     cpu.legend(fontsize=7, loc="best")
-    figure.suptitle(
-        f"loopback, {meta.get('cpus')} CPUs shared by load generator and server; commit {meta.get('commit')}, "
-        f"{meta.get('python')}", fontsize=9)
+    pinned = (meta.get("pinning") or {}).get("enabled")
+    placement = "server and load pinned to separate cores" if pinned else "shared by load generator and server"
+    commit = meta.get("commit_short") or meta.get("commit")
+    figure.suptitle(f"loopback, {meta.get('cpus')} CPUs {placement}; medians; commit {commit}, {meta.get('python')}",
+                    fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

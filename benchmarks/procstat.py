@@ -94,3 +94,20 @@ def sample_tree(pid: int) -> TreeSample:
 def sample_many(pids: list[int]) -> float:
     """CPU seconds summed over several processes (the load generator's own processes)."""
     return sum(cpu_seconds(pid) for pid in pids)
+
+
+def threads(pid: int) -> int:
+    """Threads of one process (its /proc/<pid>/task entries); 0 once the process is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+def cpus_allowed(pid: int) -> str | None:
+    """The CPUs the process may run on (Cpus_allowed_list, e.g. '1' when pinned, '0-1' when not)."""
+    text = _read(f"/proc/{pid}/status")
+    for line in (text or "").splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    return None

@@ -17,13 +17,12 @@ import argparse
 import json
 import math
 import os
-import platform
+import re
 import resource
 import selectors
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,13 +34,19 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]  # types-PyYAML is a dev extra
 
-from benchmarks import coturn, procstat
+from benchmarks import coturn, machine, procstat
 from benchmarks.loadgen import probe_binding
+from benchmarks.pinning import Pinning, make_pinning
+from benchmarks.summary import fmt, print_summary, summarise
 
 HERE = Path(__file__).resolve().parent
 SCENARIO_DIR = HERE / "scenarios"
 REPO = HERE.parent
-STANDARD = ["unpaced", "uclient-unpaced", "paced-channel", "paced-send", "setup-rate", "alloc-10k", "sweep"]
+# uclient (coturn's C client, cheap on CPU) drives first: it is the better estimate of server capacity
+STANDARD = ["uclient-unpaced", "uclient-send", "unpaced", "paced-channel", "paced-send", "setup-rate", "alloc-10k",
+            "sweep"]
+STANDARD_MIN_ROUNDS = 5  # a headline figure needs at least this many alternating rounds (benchmarks/README.md)
+LOGGING_MODES = ("default", "quiet")
 USERNAME, PASSWORD, REALM = "test", "1234", "reTurn"
 RELAY_PORT_MIN, RELAY_PORT_MAX = 10000, 29999  # below Linux's ephemeral range, so client sockets never collide
 SERVER_START_TIMEOUT = 15.0
@@ -255,6 +260,51 @@ class RunFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How every run of one invocation treats the servers (recorded in results.json meta)."""
+
+    pinning: Pinning = field(default_factory=Pinning)
+    # default: both servers at their shipped log level, to a file; quiet: pyturn WARNING, coturn to /dev/null
+    logging: str = "default"
+    # match: coturn --relay-threads = pyturn's Workers; auto: coturn's own default (one per CPU); or a number
+    coturn_relay_threads: str = "match"
+
+    def describe(self) -> dict[str, Any]:
+        if self.logging == "default":
+            logs = {"pyturn": "LogLevel not set (shipped default INFO: a line per allocation event), "
+                              "LoggingType = cout, stdout to a file",
+                    "coturn": "default verbosity (a line per session event), --log-file FILE --simple-log "
+                              "--no-stdout-log"}
+        else:
+            logs = {"pyturn": "LogLevel = WARNING, LoggingType = cout, stdout to a file",
+                    "coturn": "default verbosity (coturn has no quieter level), --log-file /dev/null "
+                              "--no-stdout-log: lines formatted, not stored"}
+        return {"pinning": self.pinning.describe(), "logging": {"mode": self.logging, **logs},
+                "coturn_relay_threads": self.coturn_relay_threads}
+
+
+def pyturn_workers(scenario: Scenario) -> int:
+    """The Workers count of the scenario's pyturn overrides (reTurn keys are case-insensitive), default 1."""
+    workers = 1
+    for argument in scenario.pyturn_args:
+        match = re.fullmatch(r"--workers[=:](\d+)", argument.strip(), re.IGNORECASE)
+        if match:
+            workers = int(match.group(1)) or (os.cpu_count() or 1)
+    return workers
+
+
+def coturn_thread_args(scenario: Scenario, settings: Settings) -> list[str]:
+    """coturn runs one relay thread per CPU by default; for fairness it gets as many as pyturn has workers."""
+    if any(a in ("-m", "--relay-threads") or a.startswith("--relay-threads=") for a in scenario.coturn_args):
+        return []  # the scenario chose
+    if settings.coturn_relay_threads == "auto":
+        return []
+    if settings.coturn_relay_threads == "match":
+        return ["--relay-threads", str(pyturn_workers(scenario))]
+    return ["--relay-threads", settings.coturn_relay_threads]
+
+
 @dataclass
 class ServerHandle:
     kind: str
@@ -263,10 +313,11 @@ class ServerHandle:
     log_file: str
 
 
-def start_server(kind: str, scenario: Scenario, workdir: Path) -> ServerHandle:
+def start_server(kind: str, scenario: Scenario, workdir: Path, settings: Settings) -> ServerHandle:
     port = free_port()
     log_file = str(workdir / f"{kind}-{port}.log")
     preexec = _fd_limit_setter(scenario.fd_limit)
+    pin = settings.pinning.server_prefix()
     if kind == "pyturn":
         users = workdir / "users.txt"
         users.write_text(f"{USERNAME}:{PASSWORD}:{REALM}:authorized\n", encoding="utf-8")
@@ -277,11 +328,11 @@ def start_server(kind: str, scenario: Scenario, workdir: Path) -> ServerHandle:
                 f"AuthenticationRealm = {REALM}", "UserDatabaseFile = users.txt", "UserDatabaseCheckInterval = 0",
                 f"AllocationPortRangeMin = {RELAY_PORT_MIN}", f"AllocationPortRangeMax = {RELAY_PORT_MAX}",
                 "AllowedPeerAddresses = 127.0.0.0/8", "UnauthenticatedRateLimit = 0",
-                "LoggingType = cout", "LogLevel = WARNING", "",
+                "LoggingType = cout", *(["LogLevel = WARNING"] if settings.logging == "quiet" else []), "",
             ]),
             encoding="utf-8",
         )
-        command = [sys.executable, "-m", "pyturn", "-c", str(config), *scenario.pyturn_args]
+        command = [*pin, sys.executable, "-m", "pyturn", "-c", str(config), *scenario.pyturn_args]
         log_handle = open(log_file, "wb")  # noqa: SIM115 - handed to the child, closed below
         try:
             process = coturn.ManagedProcess("pyturn", command, stdout=log_handle, stderr=subprocess.STDOUT,
@@ -289,9 +340,11 @@ def start_server(kind: str, scenario: Scenario, workdir: Path) -> ServerHandle:
         finally:
             log_handle.close()
     else:
-        command = coturn.server_command(port=port, min_port=RELAY_PORT_MIN, max_port=RELAY_PORT_MAX,
-                                        log_file=log_file, username=USERNAME, password=PASSWORD, realm=REALM,
-                                        workdir=str(workdir), extra=scenario.coturn_args)
+        coturn_log = log_file if settings.logging == "default" else os.devnull
+        command = [*pin, *coturn.server_command(
+            port=port, min_port=RELAY_PORT_MIN, max_port=RELAY_PORT_MAX, log_file=coturn_log, username=USERNAME,
+            password=PASSWORD, realm=REALM, workdir=str(workdir),
+            extra=[*coturn_thread_args(scenario, settings), *scenario.coturn_args])]
         process = coturn.ManagedProcess("coturn", command, preexec=preexec)
     handle = ServerHandle(kind, process, port, log_file)
     deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -304,13 +357,13 @@ def start_server(kind: str, scenario: Scenario, workdir: Path) -> ServerHandle:
     raise RunFailed(f"{kind} did not answer a Binding request within {SERVER_START_TIMEOUT:.0f} s; log: {log_file}")
 
 
-def loadgen_command(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.loadgen", *arguments]
+def loadgen_command(pinning: Pinning, *arguments: str) -> list[str]:
+    return [*pinning.load_prefix(), sys.executable, "-m", "benchmarks.loadgen", *arguments]
 
 
 def start_loadgen(name: str, arguments: Sequence[str], pipes: EventPipes, started: list[coturn.ManagedProcess],
-                  fd_limit: int) -> coturn.ManagedProcess:
-    process = coturn.ManagedProcess(name, loadgen_command(*arguments), stdout=subprocess.PIPE,
+                  fd_limit: int, pinning: Pinning) -> coturn.ManagedProcess:
+    process = coturn.ManagedProcess(name, loadgen_command(pinning, *arguments), stdout=subprocess.PIPE,
                                     stdin=subprocess.PIPE, stderr=None, text=True, cwd=str(REPO),
                                     preexec=_fd_limit_setter(fd_limit))
     started.append(process)
@@ -338,6 +391,7 @@ class RunContext:
     round: int
     workdir: Path
     progress: Progress
+    settings: Settings = field(default_factory=Settings)
 
     def label(self) -> str:
         return f"[{self.scenario.name} {self.server} clients={self.clients} round {self.round + 1}]"
@@ -357,7 +411,7 @@ def _start_clients(
         name = f"clients{index}"
         clients[name] = start_loadgen(
             name, ["clients", "--spec", json.dumps(spec), "--setup-timeout", str(scenario.setup_timeout)],
-            pipes, started, scenario.fd_limit)
+            pipes, started, scenario.fd_limit, context.settings.pinning)
     return clients
 
 
@@ -409,7 +463,7 @@ def run_relay(context: RunContext, server: ServerHandle, started: list[coturn.Ma
     pipes = EventPipes()
     try:
         echo = start_loadgen("echo", ["echo", "--sockets", str(scenario.echo_sockets)], pipes, started,
-                             scenario.fd_limit)
+                             scenario.fd_limit, context.settings.pinning)
         ports = _wait_for(pipes, {"echo"}, "ports", time.monotonic() + 15, context)["echo"]["ports"]
         peers = [("127.0.0.1", int(port)) for port in ports]
         clients = _start_clients(context, server.port, peers, pipes, started)
@@ -550,12 +604,13 @@ def run_uclient(context: RunContext, server: ServerHandle, started: list[coturn.
     if not coturn.tools_available():
         raise RunFailed("turnutils_uclient / turnutils_peer are not installed")
     peer_port = free_port()
-    peer = coturn.ManagedProcess("turnutils_peer", coturn.peer_command(peer_port))
+    load_pin = context.settings.pinning.load_prefix()
+    peer = coturn.ManagedProcess("turnutils_peer", [*load_pin, *coturn.peer_command(peer_port)])
     started.append(peer)
     time.sleep(0.3)
     args = [a.replace("{clients}", str(context.clients)) for a in scenario.uclient_args]
-    command = coturn.uclient_command(server_port=server.port, peer_port=peer_port, username=USERNAME,
-                                     password=PASSWORD, args=args)
+    command = [*load_pin, *coturn.uclient_command(server_port=server.port, peer_port=peer_port, username=USERNAME,
+                                                  password=PASSWORD, args=args)]
     before = procstat.sample_tree(server.process.pid)
     wall_before = time.monotonic()
     client = coturn.ManagedProcess("turnutils_uclient", command, stdout=subprocess.PIPE,
@@ -658,9 +713,13 @@ def run_one(context: RunContext) -> dict[str, Any]:
     alarm_previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, scenario.timeout)
     try:
-        server = start_server(context.server, scenario, context.workdir)
+        server = start_server(context.server, scenario, context.workdir, context.settings)
         started.append(server.process)
+        server_facts = {"server_threads": procstat.threads(server.process.pid),
+                        "server_cpus_allowed": procstat.cpus_allowed(server.process.pid),
+                        "server_command": " ".join(server.process.command)}
         record.update(RUNNERS[scenario.kind](context, server, started))
+        record.setdefault("detail", {}).update(server_facts)
         record["ok"] = True
     except (RunFailed, RunTimeout, OSError) as error:
         record["ok"] = False
@@ -691,87 +750,18 @@ def _tail(path: str, count: int) -> list[str]:
         return []
 
 
-# ------------------------------------------------------------------------------------------------ summary
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median of each figure per (scenario, driver, clients, server) and the ratio pyturn/coturn."""
-    groups: dict[tuple[str, str, int], dict[str, list[dict[str, Any]]]] = {}
-    for run in runs:
-        if not run.get("ok"):
-            continue
-        key = (run["scenario"], run["driver"], run["clients"])
-        groups.setdefault(key, {}).setdefault(run["server"], []).append(run["figures"])
-    summary = []
-    for (scenario, driver, clients), by_server in groups.items():
-        entry: dict[str, Any] = {"scenario": scenario, "driver": driver, "clients": clients}
-        medians: dict[str, dict[str, float | None]] = {}
-        for server, figure_list in by_server.items():
-            names = list(figure_list[0])
-            medians[server] = {}
-            for name in names:
-                values = [f[name] for f in figure_list if isinstance(f.get(name), int | float)]
-                medians[server][name] = _round(statistics.median(values), 4) if values else None
-            entry[server] = medians[server]
-            entry[f"{server}_rounds"] = len(figure_list)
-        if "pyturn" in medians and "coturn" in medians:
-            ratio: dict[str, float | None] = {}
-            for name, value in medians["pyturn"].items():
-                other = medians["coturn"].get(name)
-                ratio[name] = _round(value / other, 3) if value is not None and other else None
-            entry["ratio_pyturn_over_coturn"] = ratio
-        summary.append(entry)
-    return summary
-
-
-def print_summary(summary: list[dict[str, Any]], out: Any = sys.stdout) -> None:
-    for entry in summary:
-        out.write(f"\n== {entry['scenario']} ({entry['driver']}, {entry['clients']} clients)\n")
-        servers = [s for s in ("pyturn", "coturn") if s in entry]
-        names: list[str] = []
-        for server in servers:
-            names.extend(n for n in entry[server] if n not in names)
-        header = f"{'figure':34}" + "".join(f"{s:>14}" for s in servers)
-        if "ratio_pyturn_over_coturn" in entry:
-            header += f"{'pyturn/coturn':>15}"
-        out.write(header + "\n")
-        for name in names:
-            row = f"{name:34}" + "".join(f"{_fmt(entry[s].get(name)):>14}" for s in servers)
-            if "ratio_pyturn_over_coturn" in entry:
-                row += f"{_fmt(entry['ratio_pyturn_over_coturn'].get(name)):>15}"
-            out.write(row + "\n")
-    out.flush()
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
-    return str(value)
-
-
-def metadata(argv: Sequence[str]) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
-    except (OSError, subprocess.TimeoutExpired):
-        commit, dirty = None, False
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (0.0, 0.0, 0.0)
-    return {
-        "command": " ".join(["python -m benchmarks.relay", *argv]),
-        "commit": commit, "worktree_modified": dirty,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "cpus": os.cpu_count(), "platform": platform.platform(),
-        "coturn": coturn.version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_at_start": [round(v, 2) for v in load],
-    }
-
-
 # ------------------------------------------------------------------------------------------------ main
+def method_gaps(scenarios: Sequence[Scenario], servers: dict[str, list[str]], settings: Settings) -> list[str]:
+    """Why this run's figures may not be quoted as headline figures (empty: the standard method was followed)."""
+    gaps = [f"{s.name}: {s.rounds} round(s), fewer than {STANDARD_MIN_ROUNDS}"
+            for s in scenarios if s.rounds < STANDARD_MIN_ROUNDS]
+    gaps += [f"{name}: not measured against coturn" for name, wanted in servers.items()
+             if set(wanted) != {"pyturn", "coturn"}]
+    if not settings.pinning.enabled:
+        gaps.append("server and load generator not pinned to separate cores (--pin)")
+    return gaps
+
+
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.relay",
                                      description="Loopback relay benchmark: pyturn vs coturn.")
@@ -781,12 +771,29 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--clients", help="override the client counts, e.g. 2 or 1,10,50")
     parser.add_argument("--duration", type=float, help="override the measurement window (seconds)")
     parser.add_argument("--warmup", type=float, help="override the warm-up (seconds)")
-    parser.add_argument("--rounds", type=int, help="override the number of alternating rounds")
-    parser.add_argument("--out", help="output folder (default: benchmarks/results/<timestamp>)")
+    parser.add_argument("--rounds", type=int, help=f"override the number of alternating rounds (a headline run "
+                                                   f"needs {STANDARD_MIN_ROUNDS} or more)")
+    parser.add_argument("--pin", action="store_true", help="pin the server and the load generator to separate "
+                                                           "cores with taskset (see --server-cpus, --load-cpus)")
+    parser.add_argument("--server-cpus", default="1", help="with --pin: the server's CPUs (default 1)")
+    parser.add_argument("--load-cpus", default="0", help="with --pin: the load generator's CPUs (default 0)")
+    parser.add_argument("--logging", choices=LOGGING_MODES, default="default",
+                        help="default: both servers at their shipped log level, to a file; quiet: pyturn at "
+                             "WARNING, coturn to /dev/null")
+    parser.add_argument("--coturn-relay-threads", default="match",
+                        help="match (default: as many as pyturn has Workers), auto (coturn's one per CPU) or N")
+    parser.add_argument("--out", help="output folder (default: benchmarks/results/local/<timestamp>, ignored by "
+                                      "git; for results to commit: benchmarks/results/YYYY-MM-DD)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw relay.png")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--list", action="store_true", help="list the scenario files and exit")
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    threads = arguments.coturn_relay_threads
+    if threads not in ("match", "auto") and not (threads.isdigit()):
+        parser.error("--coturn-relay-threads: match, auto or a number")
+    if arguments.rounds is not None and arguments.rounds < 1:
+        parser.error("--rounds: at least 1")
+    return arguments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -808,39 +815,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.rounds is not None:
         overrides["rounds"] = arguments.rounds
     scenarios = [replace(s, **overrides) for s in scenarios]
+    settings = Settings(make_pinning(arguments.pin, arguments.server_cpus, arguments.load_cpus),
+                        arguments.logging, arguments.coturn_relay_threads)
     wanted_servers = arguments.servers.split(",") if arguments.servers else None
     have_coturn = coturn.available()
     if not have_coturn:
         sys.stderr.write("turnserver is not installed: pyturn only, no ratios\n")
-    out = Path(arguments.out) if arguments.out else HERE / "results" / time.strftime("%Y%m%d-%H%M%S")
+    servers_of = {s.name: [v for v in (wanted_servers or s.servers) if v != "coturn" or have_coturn]
+                  for s in scenarios}
+    out = Path(arguments.out) if arguments.out else HERE / "results" / "local" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(arguments.quiet)
-    document: dict[str, Any] = {"meta": metadata(arguments_list), "scenarios": [asdict(s) for s in scenarios],
+    gaps = method_gaps(scenarios, servers_of, settings)
+    meta = {**machine.describe(arguments_list), **settings.describe(),
+            "standard_method": {"followed": not gaps, "gaps": gaps, "min_rounds": STANDARD_MIN_ROUNDS,
+                                "order": "ABBA: pyturn, coturn in even rounds, coturn, pyturn in odd ones"}}
+    settings.pinning.pin_this_process()  # after describe(), which counts the CPUs this process may use
+    document: dict[str, Any] = {"format": 2, "meta": meta, "scenarios": [asdict(s) for s in scenarios],
                                 "runs": []}
     results_path = out / "results.json"
+    began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pyturn-bench-") as temporary:
         workdir = Path(temporary)
         for scenario in scenarios:
-            servers = [s for s in (wanted_servers or scenario.servers) if s != "coturn" or have_coturn]
+            servers = servers_of[scenario.name]
             for round_index in range(scenario.rounds):
                 for clients in scenario.clients:
-                    # alternate the order every round so neither server always runs first
+                    # alternate the order every round (ABBA) so neither server always runs first
                     order = servers if round_index % 2 == 0 else list(reversed(servers))
                     for server in order:
-                        context = RunContext(scenario, server, clients, round_index, workdir, progress)
+                        context = RunContext(scenario, server, clients, round_index, workdir, progress, settings)
                         progress.show(f"{context.label()} starting", force=True)
                         record = run_one(context)
                         document["runs"].append(record)
                         progress.done(f"{context.label()} " + (_headline(record) if record["ok"]
                                                                 else f"FAILED: {record.get('error')}"))
-                        results_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+                        results_path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
         for log in workdir.glob("uclient-*.log"):
             shutil.copy(log, out / log.name)
     document["summary"] = summarise(document["runs"])
-    document["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta["elapsed_s"] = round(time.monotonic() - began, 1)
+    results_path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    from benchmarks.table import render
+
+    (out / "table.md").write_text(render(document), encoding="utf-8")
+    print(f"logging: {meta['logging']['mode']} (pyturn: {meta['logging']['pyturn']}; "
+          f"coturn: {meta['logging']['coturn']})")
+    print(f"pinning: {_pinning_text(settings.pinning)}; coturn relay threads: {settings.coturn_relay_threads}")
     print_summary(document["summary"])
-    print(f"\nresults: {results_path}")
+    if gaps:
+        print("\nNOT a headline run (benchmarks/README.md, Method): " + "; ".join(gaps))
+    print(f"\nresults: {results_path} (Markdown tables: {out / 'table.md'}), {meta['elapsed_s']:.0f} s")
     if not arguments.no_plot:
         from benchmarks.plot import plot_results
 
@@ -850,11 +876,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed and len(failed) == len(document["runs"]) else 0
 
 
+def _pinning_text(pinning: Pinning) -> str:
+    if not pinning.enabled:
+        return "none (the scheduler places server and load on any core)"
+    return f"server on CPU {pinning.server_cpus}, load generator on CPU {pinning.load_cpus} (taskset)"
+
+
 def _headline(record: dict[str, Any]) -> str:
     figures = record.get("figures", {})
-    keys = ("relayed_pps", "loss_pct", "rtt_p50_ms", "server_cpu_us_per_packet", "setup_rate_per_s",
-            "server_cpu_us_per_allocation", "server_rss_bytes_per_allocation", "allocations_ok")
-    return " ".join(f"{k}={_fmt(figures[k])}" for k in keys if k in figures)
+    keys = ("server_cpu_us_per_packet", "relayed_pps", "loss_pct", "rtt_p50_ms", "rtt_avg_ms",
+            "server_cpu_us_per_allocation", "setup_rate_per_s", "server_rss_bytes_per_allocation", "allocations_ok")
+    return " ".join(f"{k}={fmt(figures[k])}" for k in keys if k in figures)
 
 
 if __name__ == "__main__":

@@ -17,21 +17,25 @@ __all__ = [
     "Config",
     "ConfigError",
     "Hooks",
+    "KeyCandidates",
     "PermissionInstalled",
     "PyturnError",
     "RelayedBytes",
     "Server",
     "StunDecodeError",
     "ThreadedServer",
+    "TimedUserLookup",
     "TurnError",
     "UserDB",
     "UserDBError",
     "__version__",
     "load_config",
     "loopback_config",
+    "rest_credentials",
     "run_in_thread",
 ]
 
+from pyturn.auth import KeyCandidates, TimedUserLookup
 from pyturn.config import Config, load_config
 from pyturn.core import (
     AllocationCreated,
@@ -41,6 +45,7 @@ from pyturn.core import (
     ChannelBound,
     PermissionInstalled,
 )
+from pyturn.credentials import rest_credentials
 from pyturn.errors import ConfigError, PyturnError, StunDecodeError, TurnError, UserDBError
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
 from pyturn.userdb import UserDB

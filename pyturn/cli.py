@@ -8,6 +8,7 @@ Exit codes (documented in README): 0 clean stop; 64 usage error; 78 configuratio
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -35,6 +36,8 @@ from pyturn.service import (
     notify_reloading,
     notify_stopping,
 )
+from pyturn.subcommands import COMMANDS as HELPER_COMMANDS
+from pyturn.subcommands import run_subcommand
 
 log = logging.getLogger("pyturn")
 
@@ -43,6 +46,9 @@ DEFAULT_CONFIG = "reTurnServer.config"  # reTurn opens this in the current direc
 
 USAGE = f"""usage: pyturn [-c] [CONFIG] [--Key=Value ...] [--check-config] [--version] [-h]
        pyturn status [-c CONFIG] [--interval SECONDS]   (a running server's metrics, summarised)
+       pyturn users add|passwd|delete|list FILE [USER] [--realm REALM] [--password-stdin]
+       pyturn credentials [-c CONFIG] [--secret-file FILE] [--user NAME] [--ttl SECONDS] [--json]
+       pyturn dns-records -c CONFIG --domain DOMAIN [--host NAME]
 
 pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configuration.
 
@@ -53,6 +59,9 @@ pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configu
   --check-config     print the effective configuration (secrets masked) and exit
   --version          print the version and exit
   -h, --help         this text
+
+  status, users, credentials, dns-records: subcommands, see `pyturn COMMAND --help`
+                     (a config file with one of these names: write ./users or -c users)
 
 exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up failure,
             75 already running (PidFile)
@@ -70,7 +79,10 @@ def _status(argv: Sequence[str]) -> int:
 
 
 # `pyturn NAME ...`: a first argument naming a subcommand runs it instead of a server.
-SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"status": _status}
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "status": _status,
+    **{name: functools.partial(run_subcommand, name) for name in HELPER_COMMANDS},  # users, credentials, dns-records
+}
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:

@@ -107,6 +107,14 @@ class Config:
     max_channels_per_allocation: int = 64  # 508 beyond
     metrics_address: str = "127.0.0.1"  # the HTTP listener of /metrics, /healthz, /readyz (pyturn.metrics)
     metrics_port: int = 0  # 0 = no metrics listener
+    # shared-secret (TURN REST) credentials, pyturn.sharedsecret
+    auth_shared_secret: tuple[str, ...] = ()
+    auth_shared_secret_file: str = ""
+    auth_shared_secret_separator: str = ":"
+
+    @property
+    def uses_shared_secrets(self) -> bool:
+        return bool(self.auth_shared_secret or self.auth_shared_secret_file)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (no validation: code that builds Configs owns its values)."""
@@ -154,6 +162,7 @@ class Kind(enum.Enum):
     OPTIONAL_IPV4 = "IPv4 address or empty"
     OPTIONAL_IPV6 = "IPv6 address or empty"
     NETWORKS = "comma-separated CIDR networks"
+    SECRETS = "comma-separated secrets"
     LOG_LEVEL = "log level"
     LOGGING_TYPE = "logging type"
     SYSLOG_FACILITY = "syslog facility"
@@ -196,7 +205,7 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
     _spec("AltStunPort", "alt_stun_port", Kind.PORT, "non-zero enables RFC 3489 mode (CHANGE-REQUEST)"),
     _spec("AuthenticationRealm", "authentication_realm", Kind.STRING, "REALM sent in 401/438 challenges"),
     _spec("UserDatabaseFile", "user_database_file", Kind.PATH,
-          "user file (login:password:realm:state); mandatory"),
+          "user file (login:password:realm:state); mandatory unless shared secrets are set"),
     _spec("UserDatabaseHashedPasswords", "user_database_hashed_passwords", Kind.BOOL,
           "the password column holds 32-hex-digit HA1 keys"),
     _spec("UserDatabaseCheckInterval", "user_database_check_interval", Kind.USHORT,
@@ -275,6 +284,12 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
     _spec("MetricsAddress", "metrics_address", Kind.STRING,
           "IPv4 or IPv6 address of the HTTP listener serving /metrics, /healthz and /readyz"),
     _spec("MetricsPort", "metrics_port", Kind.PORT, "port of that listener; 0 = no listener"),
+    _spec("AuthSharedSecret", "auth_shared_secret", Kind.SECRETS,
+          "shared secrets of TURN REST credentials, comma-separated; any of them is accepted", secret=True),
+    _spec("AuthSharedSecretFile", "auth_shared_secret_file", Kind.PATH,
+          "file of shared secrets, one a line; re-read on SIGHUP and when it changes"),
+    _spec("AuthSharedSecretSeparator", "auth_shared_secret_separator", Kind.STRING,
+          "between EXPIRY and the name in a REST username", empty_means_default=True),
 ]))
 
 
@@ -369,7 +384,7 @@ def _yaml_value_text(name: str, node: yaml.Node, path: str, line: int) -> str:
     """The value as the text a .config line would carry, so both formats share one validation."""
     spec = KEYS.get(name.lower())
     if isinstance(node, yaml.SequenceNode):
-        if spec is None or spec.kind is not Kind.NETWORKS:
+        if spec is None or spec.kind not in (Kind.NETWORKS, Kind.SECRETS):
             raise ConfigError(f"{name}: a list is only allowed for the peer address keys", path, line)
         items = [_yaml_value_text(name, item, path, item.start_mark.line + 1) for item in node.value]
         return ", ".join(items)
@@ -498,6 +513,8 @@ class _Converter:
             return self._address(spec, entry, text)
         if kind is Kind.NETWORKS:
             return self._networks(spec, entry, text)
+        if kind is Kind.SECRETS:
+            return tuple(item.strip() for item in text.split(",") if item.strip())
         return self._logging_word(spec, entry, text)
 
     def _reTurn_integer(self, spec: KeySpec, entry: _Entry, text: str) -> int:
@@ -653,10 +670,16 @@ def _validate(values: dict[str, Any], applied_from: dict[str, _Entry], config_pa
         return config_path, None
 
     user_file = values["user_database_file"]
-    if not user_file:
+    secret_file = values["auth_shared_secret_file"]
+    if not user_file and not (values["auth_shared_secret"] or secret_file):
         raise ConfigError("Missing user database option (UserDatabaseFile)", *where("user_database_file"))
-    if not os.path.isfile(user_file) or not os.access(user_file, os.R_OK):
+    if user_file and (not os.path.isfile(user_file) or not os.access(user_file, os.R_OK)):
         raise ConfigError(f"UserDatabaseFile: cannot read {user_file!r}", *where("user_database_file"))
+    if secret_file and (not os.path.isfile(secret_file) or not os.access(secret_file, os.R_OK)):
+        raise ConfigError(f"AuthSharedSecretFile: cannot read {secret_file!r}", *where("auth_shared_secret_file"))
+    if any(char in values["auth_shared_secret_separator"] for char in "0123456789"):
+        raise ConfigError("AuthSharedSecretSeparator: a digit cannot end the EXPIRY",
+                          *where("auth_shared_secret_separator"))
 
     try:
         values["metrics_address"] = str(ipaddress.ip_address(values["metrics_address"].strip()))

@@ -152,6 +152,7 @@ class AuthFailed:
     five_tuple: FiveTuple
     code: int
     username: str | None
+    reason: str = ""  # why (pyturn.stats.AUTH_FAILURE_REASONS, e.g. "expired_credentials"); never the secret
 
 
 Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
@@ -514,8 +515,9 @@ class TurnServerCore:
         except TurnError as error:
             actions = self._refuse(request, five_tuple, error)
             if request.integrity_offset is not None:
-                actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME)))
-                self.stats.auth_failure(getattr(error, "failure", "") or MALFORMED)
+                failure = (error.failure if isinstance(error, Challenge) else "") or MALFORMED
+                actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME), failure))
+                self.stats.auth_failure(failure)
             return actions
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:

@@ -7,24 +7,26 @@ close() are idempotent. The CLI (pyturn.cli) wraps this with signals, PID file a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyturn.allocation import Transport
-from pyturn.auth import UserLookup
+from pyturn.auth import EXPIRED, UserLookup
 from pyturn.config import Config
-from pyturn.core import Event, TurnServerCore
+from pyturn.core import AuthFailed, Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.localaddrs import interface_addresses, server_addresses
+from pyturn.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets, load_secret_file
 from pyturn.stats import ReloadStats
 from pyturn.stun import Address
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
@@ -49,6 +51,8 @@ TICK_INTERVAL = 1.0
 EPHEMERAL_PORT_ATTEMPTS = 20  # TurnPort 0: ports tried until one is free for both UDP and TCP
 STREAM_CLOSE_GRACE = 0.5  # seconds close() lets TCP/TLS connections shut down cleanly before aborting them
 Users = Mapping[str, str] | UserDB | UserLookup
+SharedSecret = str | bytes | Sequence[str | bytes]
+EXPIRED_LOG_INTERVAL = 10.0  # seconds between "expired credentials" lines beyond the first (log floods)
 TRANSPORTS = ("udp", "tcp", "tls")
 EventType = TypeVar("EventType")
 
@@ -62,6 +66,30 @@ class ReloadResult:
     loaded: bool
     users: int
     problems: list[str] = field(default_factory=list)
+    secrets: int = 0  # shared secrets in force after the reload
+
+
+class _ExpiredCredentialsLog:
+    """Logs refusals of expired shared-secret credentials: the first at once, then one line per interval with
+    the count, so a client retrying stale credentials cannot flood the log. Never logs a secret or a password."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._unlogged = 0
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, AuthFailed) or event.reason != EXPIRED:
+            return
+        self._unlogged += 1
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < EXPIRED_LOG_INTERVAL:
+            return
+        client = event.five_tuple.client
+        log.warning("expired credentials: username %r from %s:%d refused (%d since the last such line)",
+                    event.username, client[0], client[1], self._unlogged)
+        self._unlogged = 0
+        self._logged_at = now
 
 
 def loopback_config(**overrides: Any) -> Config:
@@ -135,6 +163,10 @@ class Server:
     ``listen_sockets`` are already bound listening sockets (UDP, or TCP in listen state) that the server uses
     instead of binding the same type, address and port itself (pyturn.workers binds them in the master, so a
     restarted worker takes over its predecessor's place in the SO_REUSEPORT group).
+
+    ``shared_secret`` (one secret or several) accepts TURN REST credentials (pyturn.rest_credentials), in addition
+    to the config's AuthSharedSecret and AuthSharedSecretFile; a username known from ``users`` or the user file
+    uses that password.
     """
 
     def __init__(
@@ -151,6 +183,7 @@ class Server:
         listen_sockets: Collection[socket.socket] = (),
         keep_events: int = EVENTS_KEPT,
         relay_ports: tuple[int, int] | None = None,
+        shared_secret: SharedSecret | None = None,
     ) -> None:
         self.config = config if config is not None else loopback_config()
         # The whole relay range, where the server's own addresses are valid peers (other allocations' relays);
@@ -177,8 +210,25 @@ class Server:
         self._users_from_file = users is None
         self._user_db: UserDB | None = None
         self._user_file_mtime: float | None = None  # set by the first load, before the watcher compares with it
+        self._event_log.listeners.append(_ExpiredCredentialsLog(time.monotonic))
+        given: list[str | bytes] = (
+            [] if shared_secret is None
+            else [shared_secret] if isinstance(shared_secret, str | bytes) else list(shared_secret)
+        )
+        self._inline_secrets: list[str | bytes] = [*self.config.auth_shared_secret, *given]
+        self._file_secrets: list[bytes] = []
+        self._secret_file_mtime: float | None = None
+        self._shared_secrets = SharedSecrets((), realm=self.config.authentication_realm,
+                                             separator=self.config.auth_shared_secret_separator,
+                                             unix_offset=time.time() - time.monotonic())
+        if self.config.auth_shared_secret_file:
+            result = self._load_secret_file()
+            if result.problems:
+                raise SecretFileError("; ".join(result.problems))
+        self._shared_secrets = self._shared_secrets.with_secrets([*self._inline_secrets, *self._file_secrets])
+        self._users: UserLookup | None = self._initial_lookup(users)
         self.reload_stats = ReloadStats()
-        self._lookup = self._initial_lookup(users)
+        self._lookup = self._combined_lookup()
         self.reload_stats.last_success = time.time()
         self.draining = False  # set while the server drains before a stop: /readyz then answers 503
         self.metrics: MetricsEndpoint | None = None
@@ -193,11 +243,13 @@ class Server:
         self.addresses: dict[str, list[Address]] = {"udp": [], "tcp": [], "tls": []}
 
     # ----------------------------------------------------------------------------------------- users
-    def _initial_lookup(self, users: Users | None) -> UserLookup:
+    def _initial_lookup(self, users: Users | None) -> UserLookup | None:
         self._passwords = {}  # only users given as a mapping have passwords ice_servers() can hand out
         if users is None:
             if not self.config.user_database_file:
-                raise PyturnError("no users: pass users=... or set UserDatabaseFile")
+                if self._shared_secrets:
+                    return None  # shared-secret credentials only
+                raise PyturnError("no users: pass users=... or shared_secret=..., or set UserDatabaseFile")
             result = self._load_user_file()
             if not result.loaded:
                 raise UserDBError("; ".join(result.problems) or "no valid user in the user file")
@@ -211,6 +263,28 @@ class Server:
             self._passwords = dict(users)
             return self._user_db.lookup
         return users
+
+    def _combined_lookup(self) -> UserLookup:
+        if not self._shared_secrets:
+            assert self._users is not None
+            return self._users
+        return UsersAndSecrets(self._users, self._shared_secrets)
+
+    def _load_secret_file(self) -> ReloadResult:
+        """AuthSharedSecretFile: on failure the secrets in force stay (and the error never shows a secret)."""
+        path = self.config.auth_shared_secret_file
+        try:
+            mtime = os.stat(path).st_mtime
+            secrets = load_secret_file(path)
+        except (OSError, SecretFileError) as error:
+            log.error("shared-secret file %s not reloaded, the old secrets stay in force: %s", path,
+                      error.strerror if isinstance(error, OSError) else error)
+            return ReloadResult(False, 0, [str(error)], secrets=len(self._shared_secrets))
+        self._file_secrets = secrets
+        self._secret_file_mtime = mtime
+        self._shared_secrets = self._shared_secrets.with_secrets([*self._inline_secrets, *secrets])
+        log.info("loaded %d shared secrets from %s", len(secrets), path)
+        return ReloadResult(True, 0, secrets=len(self._shared_secrets))
 
     def _load_user_file(self) -> ReloadResult:
         path = self.config.user_database_file
@@ -235,17 +309,29 @@ class Server:
         return ReloadResult(True, len(db), messages)
 
     def reload_users(self, users: Users | None = None) -> ReloadResult:
-        """Swap in new users (given, or re-read from the user file). A failed reload keeps the old users."""
+        """Swap in new users (given, or re-read from the user file) and re-read AuthSharedSecretFile.
+
+        A failed reload keeps the old users (or secrets). ``loaded`` is false when either failed.
+        """
+        secret_result = self._load_secret_file() if self.config.auth_shared_secret_file else None
         if users is not None:
-            self._lookup = self._initial_lookup(users)
+            self._users = self._initial_lookup(users)
             result = ReloadResult(True, len(self._user_db) if self._user_db is not None else 0)
-        elif self._users_from_file:
+        elif self._users_from_file and self.config.user_database_file:
             result = self._load_user_file()
             if result.loaded:
                 assert self._user_db is not None
-                self._lookup = self._user_db.lookup
+                self._users = self._user_db.lookup
+        elif secret_result is not None:
+            result = ReloadResult(True, len(self._user_db) if self._user_db is not None else 0)
         else:
-            return ReloadResult(False, 0, ["users were given in code; pass users= to reload them"])
+            return ReloadResult(False, 0, ["users were given in code; pass users= to reload them"],
+                                secrets=len(self._shared_secrets))
+        if secret_result is not None:
+            result = ReloadResult(result.loaded and secret_result.loaded, result.users,
+                                  [*result.problems, *secret_result.problems])
+        result = dataclasses.replace(result, secrets=len(self._shared_secrets))
+        self._lookup = self._combined_lookup()
         if result.loaded:
             self.reload_stats.successes += 1
             self.reload_stats.last_success = time.time()
@@ -282,6 +368,7 @@ class Server:
             return
         self._started = True
         loop = asyncio.get_running_loop()
+        self._shared_secrets.unix_offset = time.time() - loop.time()
         self.core = TurnServerCore(self.config, users=self._lookup, secret=self._secret)
         self._runtime = Runtime(self.core, loop, self._event_log)
         try:
@@ -297,7 +384,8 @@ class Server:
                 await self.close()
                 raise
         self._tasks.append(loop.create_task(self._ticker()))
-        if self._users_from_file and self.config.user_database_check_interval > 0:
+        watches_users = self._users_from_file and bool(self.config.user_database_file)
+        if (watches_users or self.config.auth_shared_secret_file) and self.config.user_database_check_interval > 0:
             self._tasks.append(loop.create_task(self._watch_user_file()))
 
     async def start_metrics(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -459,21 +547,29 @@ class Server:
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             try:
-                runtime.dispatch(core.tick(runtime.now()))
+                now = runtime.now()
+                # REST usernames carry a Unix time; the core's clock is the loop's. Follow wall-clock steps.
+                self._shared_secrets.unix_offset = time.time() - now
+                runtime.dispatch(core.tick(now))
             except Exception:
                 log.exception("timer tick failed")
 
     async def _watch_user_file(self) -> None:
-        """UserDatabaseCheckInterval: reload when the file's mtime changed (reTurn.md §3.3)."""
-        path = self.config.user_database_file
-        assert path
+        """UserDatabaseCheckInterval: reload when the user file's or the secret file's mtime changed."""
+        watched: list[tuple[str, Callable[[], float | None]]] = []
+        if self._users_from_file and self.config.user_database_file:
+            watched.append((self.config.user_database_file, lambda: self._user_file_mtime))
+        if self.config.auth_shared_secret_file:
+            watched.append((self.config.auth_shared_secret_file, lambda: self._secret_file_mtime))
         while True:
             await asyncio.sleep(self.config.user_database_check_interval)
-            try:
-                mtime = os.stat(path).st_mtime
-            except OSError:
-                continue
-            if mtime != self._user_file_mtime:
+            changed = False
+            for path, loaded_mtime in watched:
+                try:
+                    changed = changed or os.stat(path).st_mtime != loaded_mtime()
+                except OSError:
+                    continue
+            if changed:
                 self.reload_users()
 
     async def close(self) -> None:

@@ -27,8 +27,10 @@ __all__ = [
     "UserDB",
     "UserProblem",
     "UserState",
+    "htdigest_line",
     "load_user_file",
     "parse_user_lines",
+    "user_line_identity",
 ]
 
 _HEX_HA1 = re.compile(r"[0-9A-Fa-f]{32}")
@@ -216,6 +218,23 @@ def _parse_line(line: str, *, hashed: bool) -> _Entry | None:
     if line.count(":") == 2:
         return _parse_htdigest(line)
     return _parse_return_line(line, hashed=hashed)
+
+
+def user_line_identity(line: str) -> tuple[str, str] | None:
+    """The (username, realm) a user-file line is about, parsed exactly as the server parses it (refused lines
+    included); None for blank, comment and unparsable lines."""
+    try:
+        entry = _parse_line(line, hashed=False)
+    except _LineRefused as refused:
+        return refused.username, refused.realm
+    except _LineRejected:
+        return None
+    return None if entry is None else (entry.username, entry.realm)
+
+
+def htdigest_line(username: str, realm: str, password: str) -> str:
+    """``user:realm:HA1`` as Apache htdigest writes it (HA1 in lower-case hex), with its line end."""
+    return f"{username}:{realm}:{_ha1(username, realm, password).hex()}\n"
 
 
 def parse_user_lines(lines: Iterable[str], *, source: str, hashed: bool) -> tuple[UserDB, list[UserProblem]]:

@@ -28,3 +28,17 @@ def test_cli_parse_arguments(argv: list[str], expected: tuple[str, list[str], bo
 def test_cli_parse_arguments_refuses(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_arguments(argv)
+
+
+def test_cli_first_argument_users_credentials_dns_records_selects_a_helper_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pyturn.cli import main
+
+    assert main(["users"]) == 64  # an action is required
+    assert main(["credentials", "--help"]) == 0
+    assert "pyturn credentials" in capsys.readouterr().out
+    assert main(["dns-records", "--help"]) == 0
+    # A configuration file that happens to be called "users" is still reachable as a path.
+    assert parse_arguments(["./users"]) == ("./users", [], False)
+    assert parse_arguments(["-c", "users"]) == ("users", [], False)

@@ -98,7 +98,7 @@ def test_core_auth_stale_nonce_gets_438_with_a_fresh_nonce() -> None:
     assert response.get(Attr.REALM) == REALM
     assert response.get(Attr.NONCE) not in (None, old_nonce)
     assert response.integrity_offset is None
-    assert result.one(AuthFailed) == AuthFailed(client.five_tuple, 438, "alice")
+    assert result.one(AuthFailed) == AuthFailed(client.five_tuple, 438, "alice", "stale_nonce")
     # the fresh nonce is accepted
     client.learn(response)
     retry = client.send_raw(client.signed(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
@@ -175,7 +175,7 @@ def test_core_auth_unknown_user_gets_401() -> None:
     assert response.get(Attr.REALM) == REALM
     assert response.get(Attr.NONCE)
     assert response.integrity_offset is None
-    assert result.one(AuthFailed) == AuthFailed(client.five_tuple, 401, "mallory")
+    assert result.one(AuthFailed) == AuthFailed(client.five_tuple, 401, "mallory", "unknown_user")
 
 
 def test_core_auth_wrong_password_gets_401() -> None:

@@ -555,7 +555,7 @@ def test_core_relay_lifecycle_events() -> None:
     wrong = harness.client("alice", "nope")
     wrong.realm, wrong.nonce = client.realm, client.nonce
     failed = wrong.send_raw(wrong.signed(Method.REFRESH, [(Attr.LIFETIME, 0)]))
-    assert failed.one(AuthFailed) == AuthFailed(client.five_tuple, 401, "alice")
+    assert failed.one(AuthFailed) == AuthFailed(client.five_tuple, 401, "alice", "bad_integrity")
     assert client.refresh(0).one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "refresh", handle)
 
 

@@ -133,3 +133,29 @@ async def test_webrtc_data_channel_relays_only_through_pyturn(
     total = server.relayed_bytes()
     assert total.to_peer == sum(ended.bytes_to_peer for ended in recorder.ended) >= live.to_peer
     assert total.to_client == sum(ended.bytes_to_client for ended in recorder.ended) >= live.to_client
+
+
+async def test_webrtc_data_channel_with_shared_secret_credentials() -> None:
+    # No users at all: both peers get TURN REST credentials from the library helper, one per peer, as a web
+    # service would hand them out.
+    secret = "webrtc-shared-secret"
+    recorder = Recorder()
+    async with pyturn.Server(shared_secret=secret, hooks=recorder.hooks()) as server:
+
+        def configuration(user: str) -> RTCConfiguration:
+            username, password = pyturn.rest_credentials(secret, user, ttl=600)
+            entries = server.ice_servers(username, password, transports=("udp",))
+            return RTCConfiguration(iceServers=[RTCIceServer(**entry) for entry in entries],
+                                    iceTransportPolicy=RTCIceTransportPolicy.RELAY)
+
+        offerer, answerer = RTCPeerConnection(configuration("caller")), RTCPeerConnection(configuration("callee"))
+        try:
+            replies = await asyncio.wait_for(_exchange(offerer, answerer), WAIT)
+            assert offerer.localDescription is not None
+            assert _candidate_types(offerer.localDescription.sdp) == {"relay"}
+        finally:
+            await offerer.close()
+            await answerer.close()
+        assert replies == [f"pong {number}" for number in range(MESSAGES)]
+        assert {created.username.split(":", 1)[1] for created in recorder.created} == {"caller", "callee"}
+        assert server.relayed_bytes().to_peer > 0

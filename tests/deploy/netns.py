@@ -14,12 +14,9 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
-import errno
 import os
-import pty
 import re
 import secrets
-import select
 import shutil
 import signal
 import socket
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from ptyrun import run_on_pty  # tests/ptyrun.py
 
 from pyturn.stun import Message, MessageClass, Method, decode_message, encode_message
 
@@ -379,54 +377,9 @@ class Htdigest:
     def add(self, users_file: Path, realm: str, username: str, password: str) -> None:
         """Add (or change) a user; creates the file when it does not exist yet (htdigest -c)."""
         argv = [self.path, *([] if users_file.exists() else ["-c"]), str(users_file), realm, username]
-        pid, fd = pty.fork()
-        if pid == 0:  # child: the pty is its controlling terminal
-            try:
-                os.execv(argv[0], argv)
-            finally:
-                os._exit(127)
-        transcript = b""
-        try:
-            transcript = self._answer_prompts(fd, password)
-        finally:
-            status = self._reap(pid)
-            os.close(fd)
+        status, transcript = run_on_pty(argv, [password, password], timeout=self.timeout)  # New / Re-type
         if status != 0:
-            raise AssertionError(f"htdigest exited with {status}: {transcript.decode(errors='replace')}")
-
-    def _answer_prompts(self, fd: int, password: str) -> bytes:
-        """Type the password at each 'password:' prompt (New / Re-type), until htdigest closes the terminal."""
-        transcript = b""
-        answered = 0
-        deadline = time.monotonic() + self.timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError as error:  # EIO: the child closed its side of the pty
-                if error.errno == errno.EIO:
-                    return transcript
-                raise
-            if not chunk:
-                return transcript
-            transcript += chunk
-            if transcript.lower().count(b"password:") > answered:
-                answered += 1
-                os.write(fd, password.encode() + b"\n")
-        raise AssertionError(f"htdigest did not finish within {self.timeout} s: {transcript!r}")
-
-    def _reap(self, pid: int) -> int:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        return -signal.SIGKILL
+            raise AssertionError(f"htdigest exited with {status}: {transcript}")
 
     def remove(self, users_file: Path, realm: str, username: str) -> None:
         """htdigest cannot delete a user: drop its `user:realm:` line, as an operator's editor would."""

@@ -1,0 +1,136 @@
+"""Markdown tables from a benchmark's results.json, so that the README's tables are generated, not typed.
+
+    python -m benchmarks.table benchmarks/results/2026-12-02/results.json            # every figure
+    python -m benchmarks.table benchmarks/results/2026-12-02/results.json --brief    # the leading figures only
+
+benchmarks.relay also writes the full tables to table.md beside results.json. Each cell is
+`median [min-max] IQR x` over the rounds; the pyturn/coturn column is the median of the per-round ratios
+(each round runs both servers back to back) with their min-max, and the last column is the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.summary import RATIO_NOTE, SERVERS, fmt_ratio, fmt_spread, ordered
+
+LABELS = {
+    "server_cpu_us_per_packet": "server CPU µs per relayed packet",
+    "relayed_pps": "relayed packets/s",
+    "loss_pct": "loss %",
+    "server_cpu_us_per_allocation": "server CPU µs per allocation",
+    "setup_rate_per_s": "allocations set up per s",
+    "allocations_failed": "allocations failed",
+    "allocations_ok": "allocations OK",
+    "rtt_p50_ms": "RTT p50 ms",
+    "rtt_p99_ms": "RTT p99 ms",
+    "rtt_avg_ms": "RTT average ms (uclient)",
+    "rtt_max_ms": "RTT max ms (uclient)",
+    "setup_p50_ms": "set-up p50 ms",
+    "setup_p99_ms": "set-up p99 ms",
+    "mbps": "relayed payload Mbit/s",
+    "server_cpu_util": "server CPU (cores)",
+    "loadgen_cpu_util": "load generator CPU (cores)",
+    "server_cpu_s": "server CPU s",
+    "relayed_packets": "relayed packets",
+    "server_rss_bytes_per_allocation": "server RSS bytes per allocation",
+    "server_rss_held_kib": "server RSS holding, KiB",
+    "server_rss_before_kib": "server RSS before, KiB",
+    "server_rss_peak_kib": "server peak RSS KiB",
+}
+BRIEF = ("server_cpu_us_per_packet", "relayed_pps", "loss_pct", "rtt_p50_ms", "rtt_p99_ms", "rtt_avg_ms",
+         "rtt_max_ms", "server_cpu_us_per_allocation", "setup_rate_per_s", "allocations_failed",
+         "server_rss_bytes_per_allocation")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def describe_run(meta: dict[str, Any]) -> str:
+    """One paragraph: when, what code, what interpreter and machine, how the servers were run."""
+    commit = meta.get("commit_short") or meta.get("commit") or "unknown commit"
+    modified = " (worktree modified)" if meta.get("worktree_modified") else ""
+    pinning = meta.get("pinning") or {}
+    pinned = (f"server on CPU {pinning.get('server_cpus')}, load generator on CPU {pinning.get('load_cpus')} "
+              f"(taskset)" if pinning.get("enabled") else "not pinned")
+    logging = meta.get("logging") or {}
+    uvloop = f" + uvloop {meta['uvloop']}" if meta.get("uvloop") else ""
+    return (
+        f"Run {meta.get('date', meta.get('started', '?'))}, commit `{commit}`{modified}, {meta.get('python')}{uvloop}, "
+        f"{meta.get('cpu_model') or 'unknown CPU'}, {meta.get('cpus')} CPUs, coturn {meta.get('coturn') or '-'}; "
+        f"{pinned}; logging `{logging.get('mode', '?')}` (pyturn: {logging.get('pyturn', '?')}; coturn: "
+        f"{logging.get('coturn', '?')}); coturn relay threads: {meta.get('coturn_relay_threads', '?')}; "
+        f"load average at start {meta.get('loadavg_at_start')}.\n\n"
+        f"Command: `{meta.get('command')}`\n"
+    )
+
+
+def render_entry(entry: dict[str, Any], brief: bool = False) -> str:
+    servers = [s for s in SERVERS if s in entry.get("servers", {})]
+    rounds = ", ".join(f"{s} {entry['servers'][s]['rounds_ok']}"
+                       + (f" (+{entry['servers'][s]['rounds_failed']} failed)"
+                          if entry["servers"][s]["rounds_failed"] else "") for s in servers)
+    pairs = f", {entry['round_pairs']} round pairs" if "round_pairs" in entry else ""
+    lines = [f"#### {entry['scenario']} ({entry['driver']}, {entry['clients']} clients; rounds: {rounds}{pairs})", ""]
+    ratios = entry.get("ratio_pyturn_over_coturn")
+    header = ["Figure", *(f"{s} median [min-max] IQR" for s in servers)]
+    if ratios is not None:
+        header += ["pyturn/coturn per round, median [min-max]", "ratio of medians"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|---|" + "---:|" * (len(header) - 1))
+    names = ordered(name for s in servers for name in entry["servers"][s]["figures"])
+    if brief:
+        names = [name for name in names if name in BRIEF]
+    for name in names:
+        cells = [LABELS.get(name, name), *(fmt_spread(entry["servers"][s]["figures"].get(name)) for s in servers)]
+        if ratios is not None:
+            cells += list(fmt_ratio(ratios.get(name)))
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(document: dict[str, Any], brief: bool = False) -> str:
+    meta = document.get("meta", {})
+    parts = ["<!-- generated by `python -m benchmarks.table` from results.json; do not edit by hand -->\n",
+             describe_run(meta)]
+    method = meta.get("standard_method") or {}
+    if not method.get("followed", False):
+        gaps = method.get("gaps") or ["results.json predates the standard method"]
+        parts.append("**Not a headline run** (benchmarks/README.md, Method): " + "; ".join(gaps) + ".\n")
+    if any("ratio_pyturn_over_coturn" in entry for entry in document.get("summary", [])):
+        parts.append(RATIO_NOTE + ".\n")
+    parts.extend(render_entry(entry, brief) for entry in document.get("summary", []))
+    failed = [run for run in document.get("runs", []) if not run.get("ok")]
+    if failed:
+        parts.append("Failed runs: " + "; ".join(
+            f"{r['scenario']} {r['server']} round {int(r['round']) + 1}: {r.get('error')}" for r in failed) + ".\n")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.split("\n")[0])
+    parser.add_argument("results", help="a results.json written by python -m benchmarks.relay")
+    parser.add_argument("--brief", action="store_true", help="the leading figures only: CPU, throughput, loss, "
+                                                             "latency, set-up")
+    parser.add_argument("--out", help="write the Markdown here instead of stdout")
+    arguments = parser.parse_args(argv)
+    document = json.loads(Path(arguments.results).read_text(encoding="utf-8"))
+    if "summary" not in document:
+        raise SystemExit(f"{arguments.results}: no summary (the run did not finish)")
+    text = render(document, arguments.brief)
+    if arguments.out:
+        Path(arguments.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
