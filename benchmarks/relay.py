@@ -328,6 +328,7 @@ def start_server(kind: str, scenario: Scenario, workdir: Path, settings: Setting
                 f"AuthenticationRealm = {REALM}", "UserDatabaseFile = users.txt", "UserDatabaseCheckInterval = 0",
                 f"AllocationPortRangeMin = {RELAY_PORT_MIN}", f"AllocationPortRangeMax = {RELAY_PORT_MAX}",
                 "AllowedPeerAddresses = 127.0.0.0/8", "UnauthenticatedRateLimit = 0",
+                "LegacyChannelNumbers = true",  # turnutils_uclient picks channel numbers up to 0x7FFF (RFC 5766)
                 "LoggingType = cout", *(["LogLevel = WARNING"] if settings.logging == "quiet" else []), "",
             ]),
             encoding="utf-8",

@@ -8,7 +8,7 @@ an echo peer (waiting for the echoes) -> Refresh LIFETIME 0, with retransmission
 The server is `python -m pyturn -c soak.config` in a temp dir (127.0.0.1, UnauthenticatedRateLimit = 0,
 AllowedPeerAddresses = 127.0.0.0/8, relay ports 10000-29999, LogLevel = WARNING). Its VmRSS is read from /proc
 after the warm-up and a settle (the start), all along the churn (the peak), right after it, and after another
-settle (the end). The settle outlasts the server's 10 s response cache, so start and end see the same state:
+settle (the end). The settle outlasts the server's 40 s response cache, so start and end see the same state:
 no allocation and no cached response. PASS when the end is within --tolerance (10 %) of the start.
 
 --inprocess runs the server in a thread of this process with tracemalloc on (slower: use fewer allocations) and
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--channel-data", type=int, default=3, help="ChannelData echoed per allocation")
     parser.add_argument("--payload", type=int, default=100)
-    parser.add_argument("--settle", type=float, default=12.0, help="seconds idle before the start and end readings")
+    parser.add_argument("--settle", type=float, default=42.0, help="seconds idle before the start and end readings")
     parser.add_argument("--tolerance", type=float, default=0.10)
     parser.add_argument("--max-seconds", type=float, default=1200.0, help="hard limit for the churn phase")
     parser.add_argument("--inprocess", action="store_true", help="server in this process, with tracemalloc")

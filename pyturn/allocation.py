@@ -15,8 +15,10 @@ from pyturn.stun import Address
 
 PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: permissions last 300 s (reTurn: fixed)
 CHANNEL_LIFETIME = 600.0  # RFC 8656 §12: channel bindings last 10 minutes (reTurn: fixed)
-CHANNEL_MIN = 0x4000  # RFC 5766 §11 range, as reTurn accepts it (RFC 8656 narrows the top to 0x4FFF)
-CHANNEL_MAX = 0x7FFF
+# RFC 8656 §12: channel numbers 0x4000-0x4FFF; 0x5000-0xFFFF are reserved (RFC 7983 demultiplexing uses the
+# first byte), so ChannelBind outside gets 400 (§11.2) and ChannelData outside is never relayed.
+CHANNEL_MIN = 0x4000
+CHANNEL_MAX = 0x4FFF
 RESERVATION_LIFETIME = 30.0  # RFC 8656 §7.2: a reserved port is held for about 30 s
 
 
@@ -59,6 +61,10 @@ class Allocation:
     # whose peer still has a permission (used by the adapter for peer -> client ChannelData).
     channel_for_peer: dict[Address, int] = field(default_factory=dict)
     reserved_port: int | None = None
+    # The deadlines of this allocation's entries in the deadline heap: its own (a Refresh may move `expires`
+    # either way) and the one for its permissions and channels together (inf while it has neither).
+    scheduled: float = 0.0
+    peers_scheduled: float = float("inf")
     # Answers to this 5-tuple's recent requests: transaction id -> (keep until, bytes), oldest first.
     responses: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
 
@@ -70,55 +76,74 @@ class Allocation:
         expires = self.permissions.get(ip)
         return expires is not None and expires > now
 
+    def next_peer_expiry(self) -> float:
+        """The earliest deadline among the permissions and channel bindings (inf when there are none)."""
+        first = min(self.permissions.values(), default=float("inf"))
+        for binding in self.channels.values():
+            if binding.expires < first:
+                first = binding.expires
+        return first
+
 
 class DeadlineKind(Enum):
     ALLOCATION = 1
-    PERMISSION = 2
-    CHANNEL = 3
+    PEERS = 2  # the earliest expiry among an allocation's permissions and channel bindings
     RESERVATION = 4
     RESPONSES = 5  # an allocation's retransmission cache, emptied when its answers lapse
 
 
 DeadlineCheck = Callable[[float, DeadlineKind, Any, Any], bool]
-"""(deadline, kind, owner, item) -> whether that deadline is still the object's current one."""
-COMPACT_SLACK = 1024  # stale entries tolerated beyond twice the live ones before the heap is rebuilt
+"""(deadline, kind, owner, item) -> whether that entry is still its object's one scheduled entry."""
+COMPACT_SLACK = 1024  # stale entries tolerated beyond the live ones before the heap is rebuilt
 
 
 class DeadlineHeap:
-    """One heap of (deadline, seq, kind, owner, item) for every expiring object.
+    """One heap of (deadline, seq, kind, owner, item) for every expiring object, at most one entry per object.
 
-    Refreshing an object pushes a new entry instead of moving the old one (lazy deletion), so a refresh costs one
-    push. Stale entries (an object refreshed, or deleted early) are skipped when they come due, and the heap is
-    rebuilt without them whenever it grows past twice its live size, so deleted allocations are not kept alive
-    until their old deadlines (memory stays flat under churn; amortised O(1) per push).
+    Why a heap that counts its stale entries, and not a timer wheel: the old design pushed a new entry on every
+    refresh and rebuilt the whole heap from tick() whenever it held more than a guessed number of entries per
+    allocation, so 20 permissions per allocation (ICE) made every tick an O(heap) stall. Now a refresh only moves
+    the object's own deadline forward; its one entry fires at the old time and the owner pushes it again at the
+    new one (one push per lifetime, not per refresh), so a tick costs O(log n) per entry that comes due and
+    nothing per entry that does not. The permissions and channels of one allocation share one entry (their
+    earliest deadline), so the heap holds a few entries per allocation however many peers it has.
+
+    Entries still go stale when their object is deleted (an allocation's other entries, a redeemed token) or a
+    Refresh shortens a lifetime. The owner reports each with note_stale(), and the heap is rebuilt when the stale
+    count exceeds the live one (amortised O(1) per stale entry), so deleted allocations are not kept alive until
+    their old deadlines. A hashed wheel would need the same bookkeeping for deletions and buys nothing at 1 s ticks.
     """
 
-    __slots__ = ("_compact_at", "_heap", "_is_current", "_seq")
+    __slots__ = ("_heap", "_is_current", "_seq", "_stale")
 
     def __init__(self, is_current: DeadlineCheck) -> None:
         self._heap: list[tuple[float, int, DeadlineKind, Any, Any]] = []
         self._seq = 0
+        self._stale = 0
         self._is_current = is_current
-        self._compact_at = COMPACT_SLACK
 
     def push(self, deadline: float, kind: DeadlineKind, owner: Any, item: Any = None) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, kind, owner, item))
-        if len(self._heap) > self._compact_at:
+
+    def note_stale(self, count: int = 1) -> None:
+        """`count` entries no longer describe a live object; rebuild once they outnumber the live ones."""
+        self._stale += count
+        if self._stale > len(self._heap) - self._stale + COMPACT_SLACK:
             self._compact()
 
-    def compact_if_larger_than(self, size: int) -> None:
-        """Rebuild now if the heap holds more than `size` entries (mostly stale, e.g. after a burst of deletes)."""
-        if len(self._heap) > size:
-            self._compact()
+    @property
+    def stale(self) -> int:
+        return self._stale
 
     def _compact(self) -> None:
         is_current = self._is_current
-        self._heap = [entry for entry in self._heap if is_current(entry[0], entry[2], entry[3], entry[4])]
+        # In place: a pop_due generator that is running keeps its reference to this same list.
+        self._heap[:] = [entry for entry in self._heap if is_current(entry[0], entry[2], entry[3], entry[4])]
         heapq.heapify(self._heap)
-        self._compact_at = 2 * len(self._heap) + COMPACT_SLACK
+        self._stale = 0
 
-    def pop_due(self, now: float) -> Iterator[tuple[DeadlineKind, Any, Any]]:
+    def pop_due(self, now: float) -> Iterator[tuple[float, DeadlineKind, Any, Any]]:
         """The entries due at `now` that are still current, in deadline order. A generator: each entry is checked
         when it is reached, so expiring one object first makes its duplicates (same deadline) stale."""
         heap = self._heap
@@ -126,7 +151,9 @@ class DeadlineHeap:
         while heap and heap[0][0] <= now:
             deadline, _, kind, owner, item = heapq.heappop(heap)
             if is_current(deadline, kind, owner, item):
-                yield kind, owner, item
+                yield deadline, kind, owner, item
+            elif self._stale:
+                self._stale -= 1
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None

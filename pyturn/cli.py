@@ -105,6 +105,8 @@ def parse_arguments(argv: Sequence[str]) -> tuple[str, list[str], bool]:
             check = True
         elif index == 1 and not argument.startswith("-"):
             config_path = argument  # reTurn: a first argument not starting with '-' is the file, '/etc/...' too
+        elif argument.startswith("/") and config_path is None and not any(sep in argument for sep in "=:"):
+            config_path = argument  # `pyturn --check-config /etc/reTurn/reTurnServer.config`: a path, no Key=Value
         elif argument.startswith(("-", "/")):
             overrides.append(argument)  # reTurn strips leading '-' and '/': --Key=Value, -Key=Value, /Key=Value
         elif config_path is None:
@@ -202,8 +204,12 @@ def run(config: Config, *, pid_file: PidFile | None = None, report: StartupRepor
 
     With Workers other than 1 this process becomes the master of worker processes (pyturn.workers).
     """
+    from pyturn.server import ephemeral_overlap
     from pyturn.workers import run_workers, worker_count
 
+    overlap = ephemeral_overlap(config.allocation_port_range_min, config.allocation_port_range_max)
+    if overlap is not None:
+        log.warning("%s", overlap)
     if worker_count(config) > 1:
         return run_workers(config, _worker_main, report)
     _event_loop_policy()

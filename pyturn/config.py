@@ -96,6 +96,7 @@ class Config:
     denied_peer_addresses: tuple[PeerNetwork, ...] = ()
     allowed_peer_addresses: tuple[PeerNetwork, ...] = ()
     tcp_channel_data_padding: bool = True
+    legacy_channel_numbers: bool = False  # accept RFC 5766's 0x5000-0x7FFF too
     workers: int = 1  # 0 = one per CPU
     max_allocations: int = 0  # 0 = unlimited
     max_bandwidth_per_allocation: int = 0  # bytes/s, 0 = unlimited
@@ -264,6 +265,9 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
           "peers relayed to even when denied (e.g. 127.0.0.0/8 for tests)"),
     _spec("TcpChannelDataPadding", "tcp_channel_data_padding", Kind.BOOL,
           "pad ChannelData over TCP/TLS to 4 bytes (RFC 8656 §12.5); false = reTurn's unpadded framing"),
+    _spec("LegacyChannelNumbers", "legacy_channel_numbers", Kind.BOOL,
+          "also accept channel numbers 0x5000-0x7FFF in ChannelBind (RFC 5766, reTurn, coturn's clients); "
+          "RFC 8656 §12 reserves them"),
     _spec("Workers", "workers", Kind.COUNT, "worker processes sharing the ports; 0 = one per CPU"),
     _spec("MaxAllocations", "max_allocations", Kind.COUNT,
           "allocations in total (486 beyond); 0 = unlimited"),

@@ -1,7 +1,9 @@
 """The sans-IO STUN/TURN server: bytes, addresses and the time in; bytes to send and actions out.
 
 The asyncio adapters (pyturn.transport) own every socket. For an Allocate that passes every check the core
-asks for a relay socket (OpenRelay) and the adapter answers with relay_opened() or relay_failed(). For the
+asks for a relay socket (OpenRelay) and the adapter answers with relay_opened() or relay_failed(). For EVEN-PORT
+with the R bit the adapter also binds the odd port above and holds it until the RESERVATION-TOKEN is redeemed
+(OpenRelay.reserved takes that socket over) or the core lets it go (ReleasePort). For the
 relay hot path the core keeps route tables the adapter reads directly:
 
 * ``routes(transport, server)[(client, channel)] -> (relay_handle, peer)`` for client -> peer ChannelData;
@@ -57,16 +59,17 @@ from pyturn.stun import (
 
 log = logging.getLogger(__name__)
 
-RESPONSE_CACHE_LIFETIME = 10.0  # reTurn keeps UDP responses 10 s for retransmissions (reTurn.md §4.2)
+# RFC 8489 §6.3.1: keep a transaction's answer for 40 s, the whole time a client may retransmit (Ti = 39.5 s).
+RESPONSE_CACHE_LIFETIME = 40.0
 RESPONSES_KEPT = 8  # per allocation: a client has only a few transactions outstanding at once
 UDP_PROTOCOL = 17  # RFC 8656 §14.7 REQUESTED-TRANSPORT value for UDP
 FAMILY_IPV4 = 1
 FAMILY_IPV6 = 2
 CHANGE_IP = 0x04  # RFC 5780 §7.2 CHANGE-REQUEST flags
 CHANGE_PORT = 0x02
-OPEN_RELAY_ATTEMPTS = 16  # binds tried on other ports when another process holds the chosen one
 _TOKEN_BODY = struct.Struct("!HHB")  # relay port, issue time (seconds, mod 2**16), address family
 _TOKEN_MAC = 3  # bytes of MAC in the 8-byte token: forging one only names a port, it authorises nothing
+LEGACY_CHANNEL_MAX = 0x7FFF  # RFC 5766 §11's top channel number (LegacyChannelNumbers)
 AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
 
 
@@ -90,7 +93,12 @@ class SendFrom:
 
 @dataclass(frozen=True, slots=True)
 class OpenRelay:
-    """Bind a UDP relay socket at (host, port); host may be a wildcard, then bind the address the client reached."""
+    """Bind a UDP relay socket at (host, port); host may be a wildcard, then bind the address the client reached.
+
+    reserve_next (EVEN-PORT with R, RFC 8656 §7.2): also bind port+1 on the same address and hold that socket for
+    the RESERVATION-TOKEN; when either bind fails with EADDRINUSE, report the port that failed. reserved: `port`
+    is a redeemed token's; take over the socket held for it if this process holds one, else bind it.
+    """
 
     token: int
     five_tuple: FiveTuple
@@ -98,6 +106,16 @@ class OpenRelay:
     host: str
     port: int
     dont_fragment: bool
+    reserve_next: bool = False
+    reserved: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasePort:
+    """Close the socket held for a reservation: its token expired or can no longer be redeemed."""
+
+    family: int
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +174,13 @@ class AuthFailed:
 
 
 Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
-Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | Event
+Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | ReleasePort | Event
 
 
 class RelayFailure(Enum):
     PORT_IN_USE = "port in use"
     FAMILY_UNAVAILABLE = "address family unavailable"
+    DONT_FRAGMENT = "DF cannot be set"  # the socket option failed: the relay is not kept
     OTHER = "bind failed"
 
 
@@ -190,6 +209,7 @@ class _PendingAllocation:
 class _Reservation:
     port: int
     expires: float
+    family: int
 
 
 def _family_of(host: str) -> int:
@@ -306,7 +326,7 @@ class TurnServerCore:
         if data[0] & 0xC0:
             return self._handle_channel_data(data, five_tuple, now)
         try:
-            message = decode_message(data)
+            message = decode_message(data, keep_invalid=True)
         except StunDecodeError:
             return []  # malformed STUN is dropped without an answer (RFC 8489 §6.3)
         if message.msg_class is MessageClass.REQUEST:
@@ -349,11 +369,14 @@ class TurnServerCore:
         five_tuple = pending.five_tuple
         if five_tuple in self._allocations:  # only an adapter that binds asynchronously could get here
             pending.release_ports(self._ports)
-            return [CloseRelay(handle)]
+            held = [ReleasePort(pending.family, bound[1] + 1)] if pending.reserve_next else []
+            return [CloseRelay(handle), *held]
         reservation_token: bytes | None = None
         if pending.reserve_next:
             reservation_token = self._reservation_token(bound[1] + 1, pending.family, now)
-            self._reservations[reservation_token] = _Reservation(bound[1] + 1, now + RESERVATION_LIFETIME)
+            self._reservations[reservation_token] = _Reservation(
+                bound[1] + 1, now + RESERVATION_LIFETIME, pending.family
+            )
             self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
         external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
         relayed = (external, bound[1]) if external else bound
@@ -375,6 +398,7 @@ class TurnServerCore:
         self._by_handle[handle] = allocation
         user = (credentials.username, credentials.realm)
         self._per_user[user] = self._per_user.get(user, 0) + 1
+        allocation.scheduled = allocation.expires
         self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
         self.stats.allocation_created(five_tuple.transport.value, pending.family)
         log.info(
@@ -393,18 +417,26 @@ class TurnServerCore:
             AllocationCreated(five_tuple, credentials.username, relayed, pending.lifetime),
         ]
 
-    def relay_failed(self, token: int, failure: RelayFailure, now: float) -> list[Action]:
-        """The adapter could not bind the relay socket asked for by OpenRelay(token)."""
+    def relay_failed(
+        self, token: int, failure: RelayFailure, now: float, *, port: int | None = None
+    ) -> list[Action]:
+        """The adapter could not bind the relay socket asked for by OpenRelay(token); `port` is the one whose bind
+        failed when it is not OpenRelay.port (the odd port of an EVEN-PORT pair)."""
         self._now = now
         pending = self._pending.pop(token, None)
         if pending is None:
             return []
         if failure is RelayFailure.PORT_IN_USE:
-            self._ports.mark_busy(pending.port, now)
-            if pending.reserve_next:
-                self._ports.release(pending.port + 1)
-            if not pending.from_reservation and pending.attempts < OPEN_RELAY_ATTEMPTS:
-                port = self._ports.take(now, even=pending.even, with_next=pending.reserve_next)
+            busy = pending.port if port is None else port
+            # Another process holds `busy`: skip it for a while, free the rest of the pair, and go on walking the
+            # range from here. Every candidate is tried at most once, so 508 means the range is really exhausted
+            # (RFC 8656 §7.2), however many ports other processes hold.
+            self._ports.mark_busy(busy, now)
+            for taken in (pending.port, pending.port + 1) if pending.reserve_next else (pending.port,):
+                if taken != busy:
+                    self._ports.release(taken)
+            if not pending.from_reservation and pending.attempts <= self._ports.size:
+                port = self._ports.take(now, even=pending.even, with_next=pending.reserve_next, after=pending.port)
                 if port is not None:
                     pending.port = port
                     pending.attempts += 1
@@ -414,6 +446,13 @@ class TurnServerCore:
             pending.release_ports(self._ports)
             if failure is RelayFailure.FAMILY_UNAVAILABLE:
                 error = TurnError(440, "Address Family not Supported")
+            elif failure is RelayFailure.DONT_FRAGMENT:
+                # RFC 8656 §7.2: a DONT-FRAGMENT the server cannot honour is treated as an unknown
+                # comprehension-required attribute: 420 listing it.
+                response = self._error(pending.request, TurnError(420, "Unknown Attribute"))
+                response.add(Attr.UNKNOWN_ATTRIBUTES, (Attr.DONT_FRAGMENT,))
+                response.add(Attr.XOR_MAPPED_ADDRESS, pending.five_tuple.client)
+                return [self._reply(pending.request, response, pending.five_tuple, pending.credentials.key)]
             else:
                 error = TurnError(508, "Insufficient Capacity")
         response = self._error(pending.request, error)
@@ -431,31 +470,57 @@ class TurnServerCore:
         """Expire whatever is due; call about once a second."""
         self._now = now
         actions: list[Action] = []
-        for kind, owner, item in self._deadlines.pop_due(now):
-            # pop_due only yields deadlines that are still current (see _deadline_current).
+        deadlines = self._deadlines
+        for _, kind, owner, item in deadlines.pop_due(now):
+            # pop_due only yields an object's one scheduled entry (see _deadline_current). A refresh moved the
+            # object's own deadline, not its entry: an entry that fires early is pushed again at the new time.
             if kind is DeadlineKind.RESERVATION:
-                self._ports.release(self._reservations.pop(item).port)
+                reservation = self._reservations.pop(item)
+                self._ports.release(reservation.port)
+                actions.append(ReleasePort(reservation.family, reservation.port))
                 continue
             allocation: Allocation = owner
             if kind is DeadlineKind.RESPONSES:
                 self._expire_responses(allocation, now)
             elif kind is DeadlineKind.ALLOCATION:
-                actions.extend(self._delete(allocation, "expired"))
-            elif kind is DeadlineKind.PERMISSION:
-                del allocation.permissions[item]
-                self._sync_routes(allocation, now)
+                if allocation.expires > now:
+                    allocation.scheduled = allocation.expires
+                    deadlines.push(allocation.expires, kind, allocation)
+                else:
+                    actions.extend(self._delete(allocation, "expired", entry_popped=True))
             else:
-                binding: ChannelBinding = item
-                del allocation.channels[binding.channel]
-                # _sync_routes only visits live channels: drop this one's fast-path entry here.
-                five_tuple = allocation.five_tuple
-                table = self.routes(five_tuple.transport, five_tuple.server)
-                table.pop((five_tuple.client, binding.channel), None)
-                self._sync_routes(allocation, now)
-        self._deadlines.compact_if_larger_than(4 * (3 * len(self._allocations) + len(self._reservations)) + 64)
+                self._expire_peers(allocation, now)
         if self._limiter is not None:
             self._limiter.prune(now)
         return actions
+
+    def _expire_peers(self, allocation: Allocation, now: float) -> None:
+        """Drop the lapsed permissions and channel bindings of one allocation; schedule its next such expiry."""
+        permissions = allocation.permissions
+        lapsed_ips = [ip for ip, expires in permissions.items() if expires <= now]
+        for ip in lapsed_ips:
+            del permissions[ip]
+        lapsed = [binding for binding in allocation.channels.values() if binding.expires <= now]
+        if lapsed:
+            # _sync_routes only visits live channels: drop the lapsed ones' fast-path entries here.
+            five_tuple = allocation.five_tuple
+            table = self.routes(five_tuple.transport, five_tuple.server)
+            for binding in lapsed:
+                del allocation.channels[binding.channel]
+                table.pop((five_tuple.client, binding.channel), None)
+        if lapsed or lapsed_ips:
+            self._sync_routes(allocation, now)
+        allocation.peers_scheduled = allocation.next_peer_expiry()
+        if allocation.peers_scheduled != float("inf"):
+            self._deadlines.push(allocation.peers_scheduled, DeadlineKind.PEERS, allocation)
+
+    def _schedule_peers(self, allocation: Allocation, deadline: float) -> None:
+        """A permission or channel now expires at `deadline`: make sure the allocation's PEERS entry is due by then."""
+        if deadline < allocation.peers_scheduled:
+            if allocation.peers_scheduled != float("inf"):
+                self._deadlines.note_stale()  # the later entry is superseded
+            allocation.peers_scheduled = deadline
+            self._deadlines.push(deadline, DeadlineKind.PEERS, allocation)
 
     def _expire_responses(self, allocation: Allocation, now: float) -> None:
         """Drop the cached answers that have lapsed, so an idle allocation holds none (memory per allocation)."""
@@ -479,11 +544,8 @@ class TurnServerCore:
         if kind is DeadlineKind.RESPONSES:
             return bool(allocation.responses)
         if kind is DeadlineKind.ALLOCATION:
-            return allocation.expires == deadline
-        if kind is DeadlineKind.PERMISSION:
-            return allocation.permissions.get(item) == deadline
-        binding: ChannelBinding = item
-        return allocation.channels.get(binding.channel) is binding and binding.expires == deadline
+            return allocation.scheduled == deadline
+        return allocation.peers_scheduled == deadline  # PEERS
 
     def close_all(self) -> list[Action]:
         """Free every allocation (server shutdown)."""
@@ -504,6 +566,10 @@ class TurnServerCore:
         if handler is None:
             return self._refuse(request, five_tuple, TurnError(400, "Bad Request"))
         allocation = self._allocations.get(five_tuple)
+        if request.invalid_attributes and (
+            request.integrity_offset is None or (allocation is None and method != Method.ALLOCATE)
+        ):
+            return []  # unauthenticated and malformed: dropped, as a message that does not parse (RFC 8489 §6.3)
         if allocation is None and method != Method.ALLOCATE:
             # RFC 8656 §7.3, §9.2, §11.2: no allocation on this 5-tuple -> 437. Answered before credentials are
             # looked at: nothing is protected here, and the short answer keeps amplification low.
@@ -513,12 +579,19 @@ class TurnServerCore:
                 request, realm=self.config.authentication_realm, nonces=self._nonces, lookup=self._users, now=now
             )
         except TurnError as error:
+            if request.invalid_attributes:
+                return []  # malformed and not authenticated: no answer, as above
             actions = self._refuse(request, five_tuple, error)
             if request.integrity_offset is not None:
                 failure = (error.failure if isinstance(error, Challenge) else "") or MALFORMED
                 actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME), failure))
                 self.stats.auth_failure(failure)
             return actions
+        # RFC 8656 §7.2 (and each method's checks): a known attribute whose value is malformed, such as a
+        # REQUESTED-TRANSPORT of the wrong length, makes the request bad -> 400, once it is authenticated.
+        if request.invalid_attributes:
+            return [self._reply(request, self._error(request, TurnError(400, "Bad Request")), five_tuple,
+                                credentials.key)]
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
             return [self._reply(request, self._unknown_attributes(request), five_tuple, credentials.key)]
@@ -551,6 +624,8 @@ class TurnServerCore:
     def _handle_binding(self, request: Message, five_tuple: FiveTuple) -> list[Action]:
         """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (reTurn.md §6.3)."""
         client = five_tuple.client
+        if request.invalid_attributes:
+            return []  # unauthenticated: a malformed Binding stays unanswered (RFC 8489 §6.3)
         if request.unknown_required:
             return [self._reply(request, self._unknown_attributes(request), five_tuple, None)]
         if self._alternate is None and not request.classic and request.has(Attr.CHANGE_REQUEST):
@@ -630,7 +705,8 @@ class TurnServerCore:
         if config.max_allocations_per_user and self._per_user.get(user, 0) >= config.max_allocations_per_user:
             raise TurnError(486, "Allocation Quota Reached")
         if config.max_allocations and len(self._allocations) + len(self._pending) >= config.max_allocations:
-            raise TurnError(486, "Allocation Quota Reached")
+            # Server-wide capacity, not a user's quota: RFC 8656 §7.2 "508 Insufficient Capacity" (try elsewhere).
+            raise TurnError(508, "Insufficient Capacity")
         lifetime = self._lifetime(request)
         reserve_next = bool(even_port)
         if token is not None:
@@ -677,7 +753,10 @@ class TurnServerCore:
             return [self._reply(request, response, five_tuple, credentials.key), *actions]
         lifetime = self._lifetime(request)
         allocation.expires = now + lifetime
-        self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        if allocation.expires < allocation.scheduled:  # a shorter lifetime: the scheduled entry would fire late
+            allocation.scheduled = allocation.expires
+            self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+            self._deadlines.note_stale()
         response.add(Attr.LIFETIME, lifetime)
         return [self._reply(request, response, five_tuple, credentials.key), AllocationRefreshed(five_tuple, lifetime)]
 
@@ -716,14 +795,14 @@ class TurnServerCore:
         allocation: Allocation | None,
         now: float,
     ) -> list[Action]:
-        """RFC 8656 §11.2 (channel range 0x4000-0x7FFF as RFC 5766 and reTurn)."""
+        """RFC 8656 §11.2 (channel numbers 0x4000-0x4FFF, RFC 8656 §12)."""
         assert allocation is not None
         self._check_owner(allocation, credentials)
         channel = request.get(Attr.CHANNEL_NUMBER)
         peer = request.get(Attr.XOR_PEER_ADDRESS)
         if channel is None or peer is None:
             raise TurnError(400, "Bad Request")
-        if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= channel <= (LEGACY_CHANNEL_MAX if self.config.legacy_channel_numbers else CHANNEL_MAX):
             raise TurnError(400, "Bad Request")
         self._check_peer(allocation, peer, port=peer[1])
         bound = allocation.channels.get(channel)
@@ -747,9 +826,9 @@ class TurnServerCore:
             bound = ChannelBinding(channel, peer, now + CHANNEL_LIFETIME)
             allocation.channels[channel] = bound
             actions.append(ChannelBound(five_tuple, channel, peer))
+            self._schedule_peers(allocation, bound.expires)
         else:
-            bound.expires = now + CHANNEL_LIFETIME
-        self._deadlines.push(bound.expires, DeadlineKind.CHANNEL, allocation, bound)
+            bound.expires = now + CHANNEL_LIFETIME  # the scheduled PEERS entry fires early and is pushed again
         # §11.2: binding a channel installs or refreshes the permission for the peer's IP.
         if self._install_permission(allocation, peer[0], now):
             actions.append(PermissionInstalled(five_tuple, peer[0]))
@@ -767,7 +846,7 @@ class TurnServerCore:
     def _handle_send(self, indication: Message, five_tuple: FiveTuple, now: float) -> list[Action]:
         """RFC 8656 §11.2/§11.3: Send indications are never answered; anything wrong drops them."""
         allocation = self._allocations.get(five_tuple)
-        if allocation is None or indication.unknown_required:
+        if allocation is None or indication.unknown_required or indication.invalid_attributes:
             return []
         peer = indication.get(Attr.XOR_PEER_ADDRESS)
         data = indication.get(Attr.DATA)
@@ -816,7 +895,8 @@ class TurnServerCore:
         self._next_token += 1
         self._pending[self._next_token] = pending
         return OpenRelay(
-            self._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment
+            self._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment,
+            reserve_next=pending.reserve_next, reserved=pending.from_reservation,
         )
 
     @staticmethod
@@ -845,7 +925,8 @@ class TurnServerCore:
     def _install_permission(self, allocation: Allocation, ip: str, now: float) -> bool:
         new = ip not in allocation.permissions
         allocation.permissions[ip] = now + PERMISSION_LIFETIME
-        self._deadlines.push(now + PERMISSION_LIFETIME, DeadlineKind.PERMISSION, allocation, ip)
+        if new:  # a refresh keeps the scheduled PEERS entry, which is pushed again when it fires early
+            self._schedule_peers(allocation, now + PERMISSION_LIFETIME)
         return new
 
     def _sync_routes(self, allocation: Allocation, now: float) -> None:
@@ -863,9 +944,13 @@ class TurnServerCore:
             else:
                 table.pop(key, None)
 
-    def _delete(self, allocation: Allocation, reason: str) -> list[Action]:
+    def _delete(self, allocation: Allocation, reason: str, *, entry_popped: bool = False) -> list[Action]:
         five_tuple = allocation.five_tuple
         del self._allocations[five_tuple]
+        # Every scheduled entry of this allocation goes stale (its own unless tick() just popped it).
+        self._deadlines.note_stale(
+            (allocation.peers_scheduled != float("inf")) + bool(allocation.responses) + (not entry_popped)
+        )
         self._by_handle.pop(allocation.relay_handle, None)
         user = (allocation.username, allocation.realm)
         remaining = self._per_user.get(user, 1) - 1
@@ -878,8 +963,7 @@ class TurnServerCore:
             table.pop((five_tuple.client, channel), None)
         allocation.channel_for_peer.clear()
         self._ports.release(allocation.relayed[1])
-        if allocation.reserved_port is not None:
-            self._release_reservation(allocation.reserved_port)
+        released = self._release_reservation(allocation.reserved_port) if allocation.reserved_port else []
         log.info(
             "allocation %s:%d/%s deleted (%s)",
             five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason,
@@ -890,7 +974,7 @@ class TurnServerCore:
         allocation.channels.clear()
         allocation.permissions.clear()
         allocation.responses.clear()
-        return [CloseRelay(handle), AllocationDeleted(five_tuple, reason, handle)]
+        return [CloseRelay(handle), *released, AllocationDeleted(five_tuple, reason, handle)]
 
     def _reservation_token(self, port: int, family: int, now: float) -> bytes:
         """RFC 8656 §14.9 RESERVATION-TOKEN: port, issue time, family and a MAC, so any worker sharing the secret
@@ -911,10 +995,12 @@ class TurnServerCore:
         port, issued, family = _TOKEN_BODY.unpack(token[:size])
         if (int(now) - issued) & 0xFFFF > RESERVATION_LIFETIME:
             raise TurnError(508, "Insufficient Capacity")
-        reservation = self._reservations.pop(token, None)
+        reservation = self._reservations.get(token)
         if reservation is not None:
             if reservation.expires <= now:
-                raise TurnError(508, "Insufficient Capacity")
+                raise TurnError(508, "Insufficient Capacity")  # lapsed: the tick releases it and its socket
+            del self._reservations[token]
+            self._deadlines.note_stale()
             return reservation.port, family  # the port is held by the pool since the even allocation
         config = self.config
         if config.allocation_port_range_min <= port <= config.allocation_port_range_max:
@@ -922,12 +1008,15 @@ class TurnServerCore:
         # Issued by another worker (another slice of the range): its bind tells whether the port is still free.
         return port, family
 
-    def _release_reservation(self, port: int) -> None:
+    def _release_reservation(self, port: int) -> list[Action]:
+        """The reserving allocation went away: its unredeemed reservation goes too (RFC 8656 §7.2)."""
         for token, reservation in list(self._reservations.items()):
             if reservation.port == port:
                 del self._reservations[token]
+                self._deadlines.note_stale()
                 self._ports.release(port)
-                return
+                return [ReleasePort(reservation.family, port)]
+        return []
 
     # ---------------------------------------------------------------------------------------- responses
     @staticmethod

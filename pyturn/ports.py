@@ -25,6 +25,10 @@ class PortPool:
     def in_use(self) -> int:
         return len(self._used)
 
+    @property
+    def size(self) -> int:
+        return max(0, self._high - self._low + 1)
+
     def _free(self, port: int, now: float) -> bool:
         if port in self._used or not self._low <= port <= self._high:
             return False
@@ -36,18 +40,24 @@ class PortPool:
             return True
         return False
 
-    def take(self, now: float, *, even: bool = False, with_next: bool = False) -> int | None:
+    def take(
+        self, now: float, *, even: bool = False, with_next: bool = False, after: int | None = None
+    ) -> int | None:
         """Mark and return a free port (an even one when asked; with_next also takes port+1), None if none.
 
         Starts at a random point and walks the range once, so the choice is unpredictable and exhaustion is
-        detected exactly.
+        detected exactly. `after` (a retry once a bind failed there) continues the walk from that port instead,
+        so a run of retries visits each candidate once and costs one lap of the range in all.
         """
         first = self._low + (self._low % 2) if even or with_next else self._low
         step = 2 if even or with_next else 1
         count = (self._high - first) // step + 1
         if count <= 0:
             return None
-        begin = self._rng.randrange(count)
+        if after is None or not first <= after <= self._high:
+            begin = self._rng.randrange(count)
+        else:
+            begin = ((after - first) // step + 1) % count
         for index in range(count):
             port = first + step * ((begin + index) % count)
             if not self._free(port, now):

@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -90,6 +91,25 @@ class _ExpiredCredentialsLog:
                     event.username, client[0], client[1], self._unlogged)
         self._unlogged = 0
         self._logged_at = now
+
+
+EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_overlap(low: int, high: int, source: Path = EPHEMERAL_PORT_RANGE) -> str | None:
+    """A warning when the relay range low..high overlaps the kernel's ephemeral (local) port range.
+
+    Any process's unbound or connect()ed socket may then take a relay port. pyturn skips such ports (a bind that
+    fails moves on to the next one), but a relay range outside the ephemeral range is never contended."""
+    try:
+        first, last = (int(field) for field in source.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        return None  # not Linux, or unreadable: nothing to compare with
+    if low > last or first > high:
+        return None
+    return (f"the relay port range AllocationPortRangeMin..Max = {low}-{high} overlaps the kernel's ephemeral port "
+            f"range {first}-{last} ({source}): other processes' sockets can hold relay ports, which are then "
+            f"skipped; a relay range outside {first}-{last} avoids the contention")
 
 
 def loopback_config(**overrides: Any) -> Config:
@@ -371,6 +391,7 @@ class Server:
         self._shared_secrets.unix_offset = time.time() - loop.time()
         self.core = TurnServerCore(self.config, users=self._lookup, secret=self._secret)
         self._runtime = Runtime(self.core, loop, self._event_log)
+        self._runtime.share_reserved_ports = self._reuse_port  # workers: tokens are redeemed across processes
         try:
             await self._open_listeners()
         except BaseException:
@@ -604,6 +625,7 @@ class Server:
                 stream.close()
             for relay in list(self._runtime.relays):
                 relay.close()
+            self._runtime.close_reserved()
         for server in self._streams:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2.0)

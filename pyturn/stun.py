@@ -182,6 +182,9 @@ class Message:
     # --- filled by decode_message only ---
     raw: bytes = b""
     unknown_required: tuple[int, ...] = ()
+    # Known attributes whose value did not parse (decode_message(keep_invalid=True) only); they are left out of
+    # `attributes`, so a request carrying one is answered 400 instead of being read without it (RFC 8656 §7.2).
+    invalid_attributes: tuple[int, ...] = ()
     integrity_offset: int | None = None
     integrity_sha256_offset: int | None = None
     has_fingerprint: bool = False
@@ -522,17 +525,23 @@ _TRAILER_ATTRS = frozenset((Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA25
 # --- messages -------------------------------------------------------------------------------------
 
 
-def decode_message(data: bytes) -> Message:
-    """Parse one STUN message (RFC 8489 §5, §6.3, §14); any malformation raises StunDecodeError."""
+def decode_message(data: bytes, *, keep_invalid: bool = False) -> Message:
+    """Parse one STUN message (RFC 8489 §5, §6.3, §14); any malformation raises StunDecodeError.
+
+    keep_invalid=True (the server's mode): a known attribute whose value does not parse (a REQUESTED-TRANSPORT of
+    the wrong length, an address of an unknown family) is recorded in Message.invalid_attributes and skipped
+    instead, so the server can answer 400 once the request is authenticated. The framing, MESSAGE-INTEGRITY,
+    MESSAGE-INTEGRITY-SHA256 and FINGERPRINT must still be well formed.
+    """
     try:
-        return _decode_message(bytes(data))
+        return _decode_message(bytes(data), keep_invalid)
     except StunDecodeError:
         raise
     except Exception as exc:  # the contract: whatever the bytes, only StunDecodeError escapes
         raise StunDecodeError(f"malformed STUN message: {exc!r}") from exc
 
 
-def _decode_message(data: bytes) -> Message:
+def _decode_message(data: bytes, keep_invalid: bool) -> Message:
     size = len(data)
     if size < HEADER_SIZE:
         raise _fail(f"{size} bytes is shorter than a STUN header")
@@ -550,6 +559,7 @@ def _decode_message(data: bytes) -> Message:
 
     attributes = msg.attributes
     unknown_required: list[int] = []
+    invalid: list[int] = []
     integrity_offset: int | None = None
     sha256_offset: int | None = None
     pos = HEADER_SIZE
@@ -580,7 +590,14 @@ def _decode_message(data: bytes) -> Message:
             decoder = _RAW_DECODE
             if attr_type < 0x8000 and len(unknown_required) < MAX_UNKNOWN_REQUIRED:
                 unknown_required.append(attr_type)
-        attributes.append((attr_type, decoder(data[pos + 4 : value_end], xor_key)))
+        if keep_invalid and attr_type not in _TRAILER_ATTRS:
+            try:
+                attributes.append((attr_type, decoder(data[pos + 4 : value_end], xor_key)))
+            except Exception:  # any failure of one value's decoder; the message itself is sound
+                if len(invalid) < MAX_UNKNOWN_REQUIRED:
+                    invalid.append(attr_type)
+        else:
+            attributes.append((attr_type, decoder(data[pos + 4 : value_end], xor_key)))
         if attr_type == Attr.MESSAGE_INTEGRITY:
             integrity_offset = pos
         elif attr_type == Attr.MESSAGE_INTEGRITY_SHA256:
@@ -588,6 +605,7 @@ def _decode_message(data: bytes) -> Message:
         pos += 4 + _pad_len(attr_len)
 
     msg.unknown_required = tuple(unknown_required)
+    msg.invalid_attributes = tuple(invalid)
     msg.integrity_offset = integrity_offset
     msg.integrity_sha256_offset = sha256_offset
     return msg

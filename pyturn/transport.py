@@ -24,6 +24,7 @@ from pyturn.core import (
     CloseRelay,
     OpenRelay,
     RelayFailure,
+    ReleasePort,
     SendFrom,
     SendToClient,
     SendToPeer,
@@ -42,6 +43,7 @@ MAX_DATAGRAM = 65535
 # bigger could never be relayed, so the stream is taken to be garbage and closed.
 MAX_STREAM_FRAME = 4 + 65508
 SOCKET_BUFFER = 1 << 20
+RESERVED_BUFFER = 4096  # receive buffer of a held reserved port (the kernel's minimum applies)
 LISTEN_BACKLOG = 1024
 MAX_STREAM_BACKLOG = 1 << 20  # bytes queued towards one TCP/TLS client before relayed data is dropped
 _CHANNEL_HEADER = struct.Struct("!HH")
@@ -91,16 +93,20 @@ def _set_buffers(sock: socket.socket) -> None:
             pass
 
 
-def _set_dont_fragment(sock: socket.socket, family: int) -> None:
-    """RFC 8656 §7.2 DONT-FRAGMENT: set DF on everything the relay sends (path-MTU discovery 'do')."""
+def set_dont_fragment(sock: socket.socket, family: int) -> bool:
+    """RFC 8656 §7.2 DONT-FRAGMENT: set DF on everything the relay sends (path-MTU discovery 'do').
+
+    False when the kernel refuses: the core then answers 420, never an allocation that silently fragments."""
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-    except OSError:
-        log.debug("could not set DF on a relay socket", exc_info=True)
+    except OSError as error:
+        log.debug("could not set DF on a relay socket: %s", error)
+        return False
+    return True
 
 
 def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -144,19 +150,21 @@ def stream_limit(max_tcp_connections: int) -> int:
 class _ThrottledWarning:
     """Counts refusals and logs them at most once per REFUSAL_LOG_INTERVAL, never once per event."""
 
-    __slots__ = ("logged_at", "template", "total", "unlogged")
+    __slots__ = ("level", "logged_at", "template", "total", "unlogged")
 
-    def __init__(self, template: str) -> None:
-        self.template = template  # formatted with the number of refusals since the last line
+    def __init__(self, template: str, level: int = logging.WARNING) -> None:
+        self.template = template  # formatted with the number of events since the last line, then `detail`
+        self.level = level
         self.total = 0
         self.unlogged = 0
         self.logged_at: float | None = None
 
-    def note(self, now: float) -> None:
+    def note(self, now: float, detail: str = "", *, exc_info: bool = False) -> None:
+        """Count one event; log (with the current exception's traceback when exc_info) if the interval passed."""
         self.total += 1
         self.unlogged += 1
         if self.logged_at is None or now - self.logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning(self.template, self.unlogged)
+            log.log(self.level, self.template + "%s", self.unlogged, detail, exc_info=exc_info)
             self.unlogged = 0
             self.logged_at = now
 
@@ -174,6 +182,10 @@ class Runtime:
         # Relayed datagrams and bytes by client transport, added once per wake-up by the relay loops.
         self.relayed_to_peer = {kind: RelayCounter() for kind in Transport}
         self.relayed_to_client = {kind: RelayCounter() for kind in Transport}
+        # Reserved odd ports (EVEN-PORT R), bound and held until redeemed or released: (family, port) -> socket.
+        self.reserved: dict[tuple[int, int], socket.socket] = {}
+        # Workers: another process may redeem this one's tokens (see _hold_reserved).
+        self.share_reserved_ports = False
         # MaxTcpConnections / MaxTcpConnectionsPerSource and the fd budget (anchors.md §5.5 case 40).
         self.socket_budget = socket_budget(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.max_streams = stream_limit(core.config.max_tcp_connections)
@@ -187,6 +199,11 @@ class Runtime:
             f"refused %d relay socket(s) (508): out of file descriptors or the budget of {self.socket_budget} "
             "sockets reached"
         )
+        # One input-triggered bug must not become a traceback per packet (a log flood): one line per interval.
+        self.internal_errors = _ThrottledWarning(
+            "dropped %d datagram(s) or frame(s) after an internal error; the latest, with its traceback: ",
+            logging.ERROR,
+        )
 
     @property
     def refused_streams(self) -> int:
@@ -199,7 +216,9 @@ class Runtime:
         return self._relay_refusals.total
 
     def _sockets_exhausted(self) -> bool:
-        return bool(self.socket_budget) and len(self.streams) + len(self.relays) >= self.socket_budget
+        return bool(self.socket_budget) and (
+            len(self.streams) + len(self.relays) + len(self.reserved) >= self.socket_budget
+        )
 
     def now(self) -> float:
         return self.loop.time()
@@ -239,6 +258,8 @@ class Runtime:
                 self._open_relay(action)  # type: ignore[arg-type]
             elif kind is CloseRelay:
                 action.handle.close()  # type: ignore[union-attr]
+            elif kind is ReleasePort:
+                self.release_reserved(action.family, action.port)  # type: ignore[union-attr]
             elif kind is SendFrom:
                 listener = self.udp_listeners.get(action.source)  # type: ignore[union-attr]
                 if listener is not None:
@@ -259,41 +280,104 @@ class Runtime:
             if stream is not None:
                 stream.write(data)
 
-    def _open_relay(self, action: OpenRelay) -> None:
+    def _open_relay(self, first: OpenRelay) -> None:
+        # A bind that fails with EADDRINUSE comes back as another OpenRelay on the next candidate port: carried out
+        # in this loop, not by recursion, since a busy host may make many of them in a row.
+        queue = [first]
+        while queue:
+            for action in self._bind_relay(queue.pop()):
+                if type(action) is OpenRelay:
+                    queue.append(action)
+                else:
+                    self.dispatch([action])
+
+    def _relay_failure(self, error: OSError, host: str, port: int, now: float) -> RelayFailure:
+        if error.errno == errno.EADDRINUSE:
+            return RelayFailure.PORT_IN_USE
+        if error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.ENETUNREACH):
+            return RelayFailure.FAMILY_UNAVAILABLE
+        if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self._relay_refusals.note(now)  # out of descriptors: one line per interval, not per request
+        else:
+            log.warning("relay bind on %s:%d failed: %s", host, port, error)
+        return RelayFailure.OTHER
+
+    def _bind_relay(self, action: OpenRelay) -> list[Action]:
         five_tuple = action.five_tuple
         family = socket.AF_INET6 if action.family == 2 else socket.AF_INET
         now = self.now()
-        if self._sockets_exhausted():
+        core = self.core
+        held = self.reserved.pop((action.family, action.port), None) if action.reserved else None
+        if held is None and self._sockets_exhausted():
             self._relay_refusals.note(now)  # 508 rather than EMFILE later on an accept or a log file
-            self.dispatch(self.core.relay_failed(action.token, RelayFailure.OTHER, now))
-            return
+            return core.relay_failed(action.token, RelayFailure.OTHER, now)
+        host = action.host
         try:
-            host = action.host
-            if _wildcard(host):
-                same_family = (":" in five_tuple.client[0]) == (family == socket.AF_INET6)
-                # RFC 6156 cross-family relay with no RelayAddress: the address routed towards a documentation
-                # prefix (a UDP connect sends nothing); no route means the family is unavailable (440).
-                towards = five_tuple.client if same_family else _ROUTE_PROBE[family]
-                host = local_address_towards(family, towards)
-            sock = bind_udp(host, action.port)
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                failure = RelayFailure.PORT_IN_USE
-            elif error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.ENETUNREACH):
-                failure = RelayFailure.FAMILY_UNAVAILABLE
+            if held is not None and not self.share_reserved_ports:
+                sock, held = held, None  # the socket bound when the token was issued becomes the relay
+                _set_buffers(sock)
             else:
-                failure = RelayFailure.OTHER
-                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._relay_refusals.note(now)  # out of descriptors: one line per interval, not per request
-                else:
-                    log.warning("relay bind on %s:%d failed: %s", action.host, action.port, error)
-            self.dispatch(self.core.relay_failed(action.token, failure, now))
-            return
-        if action.dont_fragment:
-            _set_dont_fragment(sock, family)
+                if held is not None:
+                    host = held.getsockname()[0]
+                elif _wildcard(host):
+                    same_family = (":" in five_tuple.client[0]) == (family == socket.AF_INET6)
+                    # RFC 6156 cross-family relay with no RelayAddress: the address routed towards a documentation
+                    # prefix (a UDP connect sends nothing); no route means the family is unavailable (440).
+                    towards = five_tuple.client if same_family else _ROUTE_PROBE[family]
+                    host = local_address_towards(family, towards)
+                # Workers: a redeemed port may be held by the worker that issued the token; joining its
+                # SO_REUSEPORT group takes the port over (see _hold_reserved).
+                sock = bind_udp(host, action.port, reuse_port=action.reserved and self.share_reserved_ports)
+        except OSError as error:
+            return core.relay_failed(action.token, self._relay_failure(error, host, action.port, now), now)
+        finally:
+            if held is not None:
+                held.close()  # our own placeholder: the relay socket has joined its group (or could not)
+        if action.reserve_next:
+            # RFC 8656 §7.2 EVEN-PORT R: the odd port is reserved by binding it now, on the relay's own address.
+            try:
+                self.reserved[(action.family, action.port + 1)] = self._hold_reserved(sock.getsockname()[0],
+                                                                                      action.port + 1)
+            except OSError as error:
+                sock.close()
+                failure = self._relay_failure(error, host, action.port + 1, now)
+                return core.relay_failed(action.token, failure, now, port=action.port + 1)
+        if action.dont_fragment and not set_dont_fragment(sock, family):
+            sock.close()
+            if action.reserve_next:
+                self.release_reserved(action.family, action.port + 1)
+            return core.relay_failed(action.token, RelayFailure.DONT_FRAGMENT, now)
         relay = RelayEndpoint(self, sock, five_tuple)
         self.relays.add(relay)
-        self.dispatch(self.core.relay_opened(action.token, relay, _plain(sock.getsockname()), now))
+        return core.relay_opened(action.token, relay, _plain(sock.getsockname()), now)
+
+    def _hold_reserved(self, host: str, port: int) -> socket.socket:
+        """Bind a reserved port and keep it, unread, until it is redeemed or released.
+
+        With workers the token may be redeemed by another process, which cannot be handed this socket. The
+        placeholder is then bound with SO_REUSEPORT and connected to itself: the kernel prefers unconnected
+        members of the group for datagrams from anyone else, so the redeeming worker's relay socket (bound with
+        SO_REUSEPORT too) receives everything from the moment it binds, and this one nothing.
+        """
+        sock = bind_udp(host, port, reuse_port=self.share_reserved_ports)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RESERVED_BUFFER)  # nothing is read from it
+            if self.share_reserved_ports:
+                sock.connect(sock.getsockname())
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def release_reserved(self, family: int, port: int) -> None:
+        sock = self.reserved.pop((family, port), None)
+        if sock is not None:
+            sock.close()
+
+    def close_reserved(self) -> None:
+        for sock in self.reserved.values():
+            sock.close()
+        self.reserved.clear()
 
 
 class UdpListener:
@@ -345,7 +429,9 @@ class UdpListener:
                     data, FiveTuple(Transport.UDP, source, self.address), self.runtime.now()
                 )
             except Exception:
-                log.exception("dropped a datagram from %s:%d after an internal error", source[0], source[1])
+                self.runtime.internal_errors.note(
+                    self.runtime.now(), f"a datagram from {source[0]}:{source[1]}", exc_info=True
+                )
                 continue
             self.runtime.dispatch(actions)
         if packets:
@@ -549,7 +635,7 @@ class StreamConnection(asyncio.Protocol):
             try:
                 actions = runtime.core.handle_client(frame, five_tuple, runtime.now())
             except Exception:
-                log.exception("dropped a frame from %s after an internal error", client)
+                runtime.internal_errors.note(runtime.now(), f"a frame from {client[0]}:{client[1]}", exc_info=True)
                 continue
             runtime.dispatch(actions)
         if packets:

@@ -4,7 +4,9 @@ The kernel keeps one client's 5-tuple on one worker (UDP flows hash to one socke
 the worker that accepted it), so each worker runs an ordinary, independent Server:
 
 * each owns a slice of AllocationPortRangeMin..Max, so their relay ports never collide;
-* all share one nonce secret, so a nonce issued by one worker is good at another;
+* all share one nonce secret, so a nonce issued by one worker is good at another, and so is a RESERVATION-TOKEN
+  (its MAC): the issuing worker holds the reserved port with SO_REUSEPORT, so the redeeming one can bind it too
+  and take its traffic over (Runtime._hold_reserved in pyturn.transport);
 * each reads the same user file; SIGHUP is forwarded to every worker;
 * a worker that dies is restarted on its own slice without disturbing the others.
 

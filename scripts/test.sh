@@ -33,6 +33,17 @@ if [ "$(id -u)" = 0 ]; then
     (systemctl disable --now coturn || service coturn stop || true) >/dev/null 2>&1
     (systemctl disable --now nginx || service nginx stop || true) >/dev/null 2>&1  # the tests start their own
 fi
+# tests/test_debian_package.py builds the .deb, runs lintian and installs it in a debootstrap'd chroot.
+debian_tools="dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-yaml
+              lintian debootstrap groff-base"
+missing=""
+for package in $debian_tools; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"
+done
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086  # one word per package
+    apt_install $missing
+fi
 python=python3
 if [ -z "${VIRTUAL_ENV:-}" ]; then
     if [ ! -x .venv/bin/python ]; then
@@ -40,5 +51,5 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
     fi
     python=.venv/bin/python
 fi
-"$python" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$python" -m pip install -q --disable-pip-version-check -e '.[test,dev]'
 exec "$python" -m pytest -q "$@"

@@ -16,8 +16,15 @@ from interop import (  # tests/ is on sys.path: pytest's default "prepend" impor
     pyturn_process,
     write_config,
 )
+from requirements import require
 
 from pyturn.config import Config
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """@pytest.mark.requires(condition, reason): skip locally, fail under CI (tests/requirements.py)."""
+    for mark in item.iter_markers(name="requires"):
+        require(*mark.args, **mark.kwargs)
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def _alternate_available() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _alternate_available(), reason="127.0.0.2 is not a local address here")
+pytestmark = pytest.mark.requires(_alternate_available(), "127.0.0.2 is not a local address here")
 
 
 @pytest.fixture

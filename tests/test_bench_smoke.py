@@ -15,24 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from requirements import require
 
 from benchmarks.stats import compare, pair_ratios, spread
 from benchmarks.summary import summarise
 from benchmarks.table import render
 
 REPO = Path(__file__).resolve().parent.parent
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+pytestmark = pytest.mark.requires(sys.platform.startswith("linux"), "reads /proc")
 
 
 def _require(tool: str) -> None:
-    if shutil.which(tool) is None:
-        if _under_ci():
-            pytest.fail(f"{tool} is not installed (CI: the benchmark smoke runs need it)")
-        pytest.skip(f"{tool} is not installed")
+    require(shutil.which(tool) is not None, f"{tool} is not installed (the benchmark smoke runs need it)")
 
 
 def _bench(tmp_path: Path, *arguments: str) -> dict[str, Any]:
@@ -116,7 +111,6 @@ def test_summary_leads_with_cpu_per_packet_then_throughput_then_loss() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ real runs
-@linux_only
 def test_bench_smoke_alternates_rounds_and_writes_results_json(tmp_path: Path) -> None:
     """2 rounds against pyturn and coturn (pinned when 2 CPUs are usable): ABBA order, spreads, ratios, table."""
     _require("turnserver")
@@ -150,7 +144,6 @@ def test_bench_smoke_alternates_rounds_and_writes_results_json(tmp_path: Path) -
     assert (tmp_path / "results.json").stat().st_size < 100_000  # small enough to commit
 
 
-@linux_only
 def test_bench_smoke_uclient_driver_reports_loss_and_rtt(tmp_path: Path) -> None:
     _require("turnutils_uclient")
     _require("turnutils_peer")

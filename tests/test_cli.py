@@ -18,6 +18,10 @@ from pyturn.cli import DEFAULT_CONFIG, UsageError, parse_arguments
         pytest.param(["-c", "a.config", "--TurnPort=1"], ("a.config", ["--TurnPort=1"], False), id="dash-c"),
         pytest.param(["--check-config", "a.yaml"], ("a.yaml", [], True), id="check-config-first"),
         pytest.param(["--TurnPort=1"], (DEFAULT_CONFIG, ["--TurnPort=1"], False), id="override-only"),
+        pytest.param(["--check-config", "/etc/reTurn/reTurnServer.config"],
+                     ("/etc/reTurn/reTurnServer.config", [], True), id="check-config-then-absolute-path"),
+        pytest.param(["--check-config", "/etc/reTurn/reTurnServer.config", "/TurnPort=3479"],
+                     ("/etc/reTurn/reTurnServer.config", ["/TurnPort=3479"], True), id="absolute-path-then-slash-key"),
     ],
 )
 def test_cli_parse_arguments(argv: list[str], expected: tuple[str, list[str], bool]) -> None:

@@ -635,7 +635,7 @@ def test_config_kinds_all_exercised() -> None:
     assert {spec.kind for spec in KEYS.values()} == set(Kind)
 
 
-@pytest.mark.skipif(not (SAMPLE.parent / "users.txt").is_file(), reason="conf/users.txt not present")
+@pytest.mark.requires((SAMPLE.parent / "users.txt").is_file(), "conf/users.txt not present")
 def test_config_sample_loads_in_place() -> None:
     config, warnings = load_config(SAMPLE)
     assert warnings == []

@@ -16,6 +16,7 @@ from pyturn.core import (
     CloseRelay,
     OpenRelay,
     RelayFailure,
+    ReleasePort,
     SendToClient,
 )
 from pyturn.stun import Attr, MessageClass, Method, decode_message, long_term_key, verify_integrity
@@ -228,16 +229,17 @@ def test_core_allocate_cache_is_per_five_tuple() -> None:
     assert len(harness.opened) == 2
 
 
-def test_core_allocate_cache_expires_after_ten_seconds_then_437() -> None:
+def test_core_allocate_cache_expires_after_forty_seconds_then_437() -> None:
+    """RFC 8489 §6.3.1: answers are kept for 40 s (Ti = 39.5 s covers every retransmission), then forgotten."""
     harness = Harness()
     client = harness.client()
     client.challenge()
     data = client.signed(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
     client.send_raw(data)
-    harness.advance(9.999)
+    harness.advance(39.999)
     harness.tick()
     assert client.send_raw(data).response.msg_class is MessageClass.SUCCESS  # still cached
-    harness.advance(0.001)  # exactly 10 s after the response
+    harness.advance(0.001)  # exactly 40 s after the response
     harness.tick()
     result = client.send_raw(data)
     assert result.error_code == 437
@@ -432,12 +434,54 @@ def test_core_allocate_busy_ports_are_tried_again_later() -> None:
     assert harness.client(client=("203.0.113.30", 1)).allocate().response.msg_class is MessageClass.SUCCESS
 
 
-def test_core_allocate_port_in_use_gives_up_after_bounded_attempts() -> None:
+def test_core_allocate_port_in_use_everywhere_tries_each_port_once_then_508() -> None:
+    """RFC 8656 §7.2: 508 only when the range is really exhausted: every port is tried, none twice."""
     harness = Harness()  # 1000 ports, all busy
     harness.busy_ports = set(range(50000, 51000))
     result = harness.client().allocate()
     assert result.error_code == 508
-    assert 1 < len(result.of(OpenRelay)) <= 16
+    assert sorted(action.port for action in result.of(OpenRelay)) == list(range(50000, 51000))
+
+
+def test_core_allocate_even_port_pairs_skip_pairs_whose_odd_port_is_in_use() -> None:
+    """EVEN-PORT R: a pair needs both ports; an odd port held elsewhere sends the search to the next pair, and the
+    even port of that failed pair is not counted as busy."""
+    harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50007))
+    harness.busy_ports = {50001, 50003, 50005}
+    result = harness.client().allocate((Attr.EVEN_PORT, True))
+    assert result.response.msg_class is MessageClass.SUCCESS
+    assert relayed_port(result) == 50006
+    assert harness.core.allocations and harness.core._ports.in_use == 2
+    assert harness.client(client=("203.0.113.30", 1)).allocate((Attr.EVEN_PORT, False)).error_code is None
+
+
+def test_core_allocate_even_port_pairs_all_blocked_gets_508() -> None:
+    harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50007))
+    harness.busy_ports = {50001, 50003, 50005, 50007}
+    result = harness.client().allocate((Attr.EVEN_PORT, True))
+    assert result.error_code == 508
+    assert sorted(action.port for action in result.of(OpenRelay)) == [50000, 50002, 50004, 50006]
+    assert harness.core._ports.in_use == 0
+
+
+def test_core_allocate_reservation_release_and_expiry_tell_the_adapter() -> None:
+    """The adapter holds the reserved odd port's socket: the core says when to let it go (ReleasePort)."""
+    harness = Harness()
+    first = harness.client()
+    result = first.allocate((Attr.EVEN_PORT, True))
+    assert result.one(OpenRelay).reserve_next
+    port = relayed_port(result)
+    harness.advance(30)
+    assert harness.tick().of(ReleasePort) == [ReleasePort(1, port + 1)]
+    second = harness.client(client=("203.0.113.30", 1))
+    result = second.allocate((Attr.EVEN_PORT, True))
+    port = relayed_port(result)
+    assert second.refresh(0).of(ReleasePort) == [ReleasePort(1, port + 1)]
+    third = harness.client(client=("203.0.113.30", 2))
+    token = third.allocate((Attr.EVEN_PORT, True)).response.get(Attr.RESERVATION_TOKEN)
+    redeemed = harness.client(client=("203.0.113.30", 3)).allocate((Attr.RESERVATION_TOKEN, token))
+    assert redeemed.one(OpenRelay).reserved
+    assert third.refresh(0).of(ReleasePort) == []  # redeemed: the socket is the new allocation's relay
 
 
 @pytest.mark.parametrize(
@@ -559,18 +603,19 @@ def test_core_allocate_per_user_quota_frees_on_delete() -> None:
     allocated(harness, client=("203.0.113.30", 3))
 
 
-def test_core_allocate_max_allocations_gets_486() -> None:
+def test_core_allocate_max_allocations_gets_508() -> None:
+    """RFC 8656 §7.2: MaxAllocations is server-wide capacity (508 Insufficient Capacity); 486 is a user's quota."""
     harness = Harness(make_config(max_allocations=2))
     allocated(harness, client=("203.0.113.30", 1))
     allocated(harness, "bob", client=("203.0.113.30", 2))
-    assert harness.client(client=("203.0.113.30", 3)).allocate().error_code == 486
-    assert harness.client("bob", client=("203.0.113.30", 4)).allocate().error_code == 486
+    assert harness.client(client=("203.0.113.30", 3)).allocate().error_code == 508
+    assert harness.client("bob", client=("203.0.113.30", 4)).allocate().error_code == 508
 
 
 def test_core_allocate_max_allocations_counts_pending_binds() -> None:
     harness = Harness(make_config(max_allocations=1), auto_open=False)
     harness.client(client=("203.0.113.30", 1)).allocate()
-    assert harness.client(client=("203.0.113.30", 2)).allocate().error_code == 486
+    assert harness.client(client=("203.0.113.30", 2)).allocate().error_code == 508
 
 
 # --------------------------------------------------------------------------------------------- Refresh

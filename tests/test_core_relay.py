@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from turnclient import CLIENT, PEER, SERVER, Harness, Result, TurnClient, build, make_config, new_tid
 
-from pyturn.allocation import CHANNEL_LIFETIME, PERMISSION_LIFETIME, FiveTuple, Transport
+from pyturn.allocation import FiveTuple, Transport
 from pyturn.core import (
     AllocationCreated,
     AllocationDeleted,
@@ -30,6 +30,9 @@ from pyturn.stun import (
     verify_integrity,
 )
 
+# The RFC's numbers, written here rather than imported from the code under test.
+PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: a permission lasts 300 s
+CHANNEL_LIFETIME = 600.0  # RFC 8656 §12: a channel binding lasts 10 minutes
 PEER2 = ("198.51.100.8", 6000)
 PEER_SAME_IP = (PEER[0], 5001)
 
@@ -239,13 +242,15 @@ def test_core_relay_channel_bind_missing_attributes_gets_400(attrs: list[tuple[i
         pytest.param(0x3FFF, 400, id="0x3FFF"),
         pytest.param(0x4000, None, id="0x4000"),
         pytest.param(0x4FFF, None, id="0x4FFF"),
-        pytest.param(0x5000, None, id="0x5000-rfc5766-range"),
-        pytest.param(0x7FFF, None, id="0x7FFF"),
+        # RFC 8656 §12: 0x5000-0xFFFF are reserved (RFC 5766 allowed up to 0x7FFF; RFC 8656 supersedes it)
+        pytest.param(0x5000, 400, id="0x5000-reserved"),
+        pytest.param(0x7FFF, 400, id="0x7FFF-reserved"),
         pytest.param(0x8000, 400, id="0x8000"),
         pytest.param(0xFFFF, 400, id="0xFFFF"),
     ],
 )
 def test_core_relay_channel_bind_channel_range(channel: int, code: int | None) -> None:
+    """RFC 8656 §11.2/§12: ChannelBind outside 0x4000-0x4FFF gets 400."""
     harness = Harness()
     client = allocated(harness)
     result = client.channel_bind(channel)

@@ -7,7 +7,6 @@ atheris the plain mutation runner stands in, except in CI (CI=true), where a mis
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from requirements import require, under_ci
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 
@@ -40,7 +40,7 @@ def test_fuzz_harness_accepts_every_seed(name: str) -> None:
 def test_fuzz_harness_survives_a_short_campaign(name: str, tmp_path: Path) -> None:
     atheris = fuzzkit.atheris_module()
     if atheris is None:
-        if os.environ.get("CI", "").lower() == "true":
+        if under_ci():
             pytest.fail("atheris is not importable in CI: install the test extra (pip install -e '.[test]')")
         seeds = [path.read_bytes() for path in fuzzkit.corpus_files(name)]
         assert fuzzkit.run_fallback(HARNESSES[name], seeds, iterations=FALLBACK_MUTATIONS, seed=8) > FALLBACK_MUTATIONS
@@ -58,8 +58,7 @@ def test_fuzz_harness_survives_a_short_campaign(name: str, tmp_path: Path) -> No
 
 def test_fuzz_fallback_provider_matches_atheris() -> None:
     atheris = fuzzkit.atheris_module()
-    if atheris is None:
-        pytest.skip("atheris not installed: nothing to compare the fallback provider with")
+    require(atheris is not None, "atheris not installed: nothing to compare the fallback provider with")
     rng = random.Random(5)
     for _ in range(300):
         data = rng.randbytes(rng.randrange(40))

@@ -34,6 +34,7 @@ from interop import (
     turnutils_peer,
     write_config,
 )
+from requirements import require
 
 from pyturn.config import Config
 from pyturn.server import Server
@@ -82,10 +83,16 @@ async def test_interop_aioice_channel_relays_to_echo_peer(inprocess_server: Serv
         assert (data, source) == (b"first over a channel", peer_address)
         assert peer.seen[0][1] == relayed  # the peer saw the relayed transport address
         # channel_refresh_time=1: the next send after a second re-binds the same channel (a ChannelBind refresh).
+        assert inprocess_server.core is not None
+        allocation = next(iter(inprocess_server.core.allocations.values()))
+        ((channel, binding),) = allocation.channels.items()
+        bound_until = binding.expires
         await asyncio.sleep(1.1)
         turn.sendto(b"after the channel refresh", peer_address)
         data, source = await asyncio.wait_for(collector.queue.get(), IO_TIMEOUT)
         assert (data, source) == (b"after the channel refresh", peer_address)
+        await _wait_until(lambda: binding.expires > bound_until)  # the refresh reached the server ...
+        assert allocation.channels == {channel: binding}  # ... for the same channel and peer
         assert inprocess_server.allocation_count() == 1
     finally:
         turn.close()
@@ -225,8 +232,7 @@ def test_interop_uclient_ipv6_relays_keep_their_family_across_the_reservation(
 ) -> None:
     # -x asks for IPv6 relays (RFC 6156 REQUESTED-ADDRESS-FAMILY) from the IPv4 listener; the RTCP allocation
     # presents only the RESERVATION-TOKEN and must still get an IPv6 relay (RFC 8656 §7.2).
-    if not has_ipv6():
-        pytest.skip("no IPv6 loopback on this host")
+    require(has_ipv6(), "no IPv6 loopback on this host")
     server, peer_port = uclient_setup
     report = run_uclient([
         "-x", "-e", LOOPBACK_V6, "-r", str(peer_port), "-u", USERNAME, "-w", PASSWORD, "-p", str(server.port),

@@ -159,7 +159,7 @@ async def test_server_turn_uris_follow_rfc_7065(tmp_path: Path) -> None:
         assert server.turn_uris(("tls",), host="localhost") == [f"turns:localhost:{tls_port}?transport=tcp"]
 
 
-@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+@pytest.mark.requires(has_ipv6(), "no IPv6 loopback")
 async def test_server_turn_uris_bracket_ipv6_hosts() -> None:
     async with pyturn.Server(loopback_config(turn_v6_address="::1"), users={USERNAME: PASSWORD}) as server:
         port = server.addresses["udp"][0][1]

@@ -144,3 +144,20 @@ def test_ports_empty_range() -> None:
     ports = pool(50001, 50000)
     assert ports.take(NOW) is None
     assert ports.take(NOW, even=True) is None
+
+
+def test_ports_take_after_continues_the_walk_so_retries_visit_each_port_once() -> None:
+    pool = PortPool(50000, 50009, random.Random(3))
+    seen: list[int] = []
+    port = pool.take(0.0)
+    while port is not None:
+        seen.append(port)
+        pool.mark_busy(port, 0.0)  # every bind fails: another process holds the whole range
+        port = pool.take(0.0, after=port)
+    assert sorted(seen) == list(range(50000, 50010))  # each candidate once, then None
+
+
+def test_ports_take_after_keeps_pairs_even() -> None:
+    pool = PortPool(50000, 50009, random.Random(3))
+    assert pool.take(0.0, with_next=True, after=50002) == 50004
+    assert pool.take(0.0, with_next=True, after=50008) == 50000  # wraps around

@@ -10,7 +10,7 @@ import pytest
 
 from pyturn.allocation import FiveTuple, Transport
 from pyturn.config import Config
-from pyturn.core import AMPLIFICATION_LIMIT, SendFrom, SendToClient, TurnServerCore
+from pyturn.core import SendFrom, SendToClient, TurnServerCore
 from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message
 from pyturn.userdb import UserDB
 
@@ -18,6 +18,7 @@ SERVER = ("192.0.2.1", 3478)
 CLIENT_V4 = ("203.0.113.9", 40000)
 CLIENT_V6 = ("2001:db8::9", 40000)
 TID = bytes(range(12))
+AMPLIFICATION_LIMIT = 3  # unauthenticated answers at most 3x the request (the limit this suite holds the server to)
 
 
 def _core(**changes: object) -> TurnServerCore:

@@ -357,12 +357,12 @@ def _allocate(harness: Harness, client: TurnClient) -> int | None:
     return client.allocate().error_code
 
 
-def test_security_quota_per_user_486_total_486() -> None:
+def test_security_quota_per_user_486_total_508() -> None:
     harness = Harness(make_config(max_allocations_per_user=2, max_allocations=3))
     alice = [harness.client("alice", client=(f"203.0.113.{n}", 4000)) for n in range(1, 4)]
     assert [_allocate(harness, c) for c in alice] == [None, None, 486]
     bob = [harness.client("bob", client=(f"203.0.113.{n}", 5000)) for n in range(1, 3)]
-    assert [_allocate(harness, c) for c in bob] == [None, 486]
+    assert [_allocate(harness, c) for c in bob] == [None, 508]  # RFC 8656 §7.2: server-wide capacity
 
 
 def test_security_ports_freed_after_refresh_zero_and_after_expiry() -> None:

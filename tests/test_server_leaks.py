@@ -16,7 +16,7 @@ import pyturn
 from pyturn import AllocationDeleted
 from pyturn.testing import self_signed_certificate, server_ssl_context
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/fd")
+pytestmark = pytest.mark.requires(sys.platform.startswith("linux"), "counts /proc/self/fd")
 
 SERVERS = 50
 USERS = {"leak": "check"}

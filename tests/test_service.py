@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from requirements import require
 
 from pyturn import service
 from pyturn.service import AlreadyRunning, PidFile, ServiceError, resolve_identity, sd_notify
@@ -289,7 +290,7 @@ def test_drop_privileges_without_user_does_nothing() -> None:
     assert service.drop_privileges("") is None
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+@pytest.mark.requires(os.geteuid() == 0, "needs root to switch users")
 def test_service_run_as_user_drops_privileges(tmp_path: Path, start: Callable[..., Pyturn]) -> None:
     import pwd
 
@@ -311,7 +312,7 @@ def test_service_run_as_user_drops_privileges(tmp_path: Path, start: Callable[..
     assert not pid_path.exists() or pid_path.read_text() == ""  # the folder is root's: emptied, not removed
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+@pytest.mark.requires(os.geteuid() == 0, "needs root to switch users")
 def test_service_run_as_unknown_user_exits_71(tmp_path: Path) -> None:
     result = run_pyturn(write_config(tmp_path, RunAsUser="no-such-user-pyturn"))
     assert result.returncode == service.EXIT_STARTUP
@@ -412,8 +413,8 @@ def test_sd_notify_without_socket_returns_false(monkeypatch: pytest.MonkeyPatch)
 
 def test_service_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    require(analyze is not None, "systemd-analyze is not installed")
+    assert analyze is not None
     unit = (REPO / "conf" / "pyturn.service").read_text()
     assert "Type=notify" in unit
     # verify insists that ExecStart's program exists; pyturn need not be installed for this test

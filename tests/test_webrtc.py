@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from requirements import require_module
 
-aiortc = pytest.importorskip("aiortc")
+aiortc = require_module("aiortc")
 
 from aiortc import (  # noqa: E402
     RTCConfiguration,

@@ -2,7 +2,8 @@
 
 Nothing here opens a socket or sleeps. `Harness` owns a TurnServerCore and a float clock and plays the asyncio
 adapter: OpenRelay actions are answered at once with relay_opened() (or relay_failed() for ports listed in
-`busy_ports`). `TurnClient` builds requests for one 5-tuple and keeps the REALM and NONCE it was challenged with.
+`busy_ports`, the odd port of an EVEN-PORT R pair included). `TurnClient` builds requests for one 5-tuple and
+keeps the REALM and NONCE it was challenged with.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class Harness:
                 self.opened.append(action)
                 if action.port in self.busy_ports:
                     pending.extend(self.core.relay_failed(action.token, RelayFailure.PORT_IN_USE, self.now))
+                elif action.reserve_next and action.port + 1 in self.busy_ports:
+                    # EVEN-PORT R: the adapter binds the odd port too, and says which of the two is in use
+                    pending.extend(self.core.relay_failed(action.token, RelayFailure.PORT_IN_USE, self.now,
+                                                          port=action.port + 1))
                 else:
                     handle = RelayHandle(action.host, action.port)
                     bound = (action.host, action.port)

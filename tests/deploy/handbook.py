@@ -7,7 +7,7 @@ scenarios do not disturb each other (every client has its own allocation; the us
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +63,14 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def handbook_deployment(directory: Path) -> Iterator[Deployment]:
-    """Users made with htdigest, the handbook config, a namespace and `pyturn -c` in it, all in directory."""
+def handbook_deployment(directory: Path, changes: Mapping[str, object] | None = None) -> Iterator[Deployment]:
+    """Users made with htdigest, the handbook config (plus `changes`), a namespace and `pyturn -c` in it."""
     require_root_netns()
     users_file = directory / "users.txt"
     htdigest = Htdigest()
     for username, password in USERS.items():
         htdigest.add(users_file, REALM, username, password)
-    config = write_config(directory, handbook_config(users_file))
+    config = write_config(directory, {**handbook_config(users_file), **(changes or {})})
     with Namespace(lan=True) as namespace:  # lan: Chromium ignores loopback interfaces, see Namespace
         peer_host = namespace.add_host(PEER_ADDRESS)
         with pyturn_in(namespace, config, (TURN_ADDRESS, TURN_PORT)) as server:

@@ -1,5 +1,5 @@
-"""The handbook deployment with the default peer policy: relay between two clients of the server, coturn's tools,
-users added with htdigest, and RFC 5780 NAT behaviour discovery from the alternate address.
+"""The handbook deployment with the default peer policy: relay between two clients of the server, the server's own
+services refused, users added with htdigest, and RFC 5780 NAT behaviour discovery from the alternate address.
 
 Every client runs inside the deployment's namespace (see netns.py); the server is the real `pyturn -c` process.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from handbook import ALT_STUN_PORT, PORT_RANGE, REALM, TURN_PORT, USERS, Deployment
-from interop import MiniTurnClient, TurnRequestFailed, parse_uclient
-from netns import ALT_STUN_ADDRESS, PEER_ADDRESS, TURN_ADDRESS, TURN_V6_ADDRESS, Namespace, require_tool
+from interop import MiniTurnClient, TurnRequestFailed
+from netns import ALT_STUN_ADDRESS, TURN_ADDRESS, TURN_V6_ADDRESS, require_tool
 from test_interop_tcp_tls import StreamTurnClient
 
 from pyturn.stun import (
@@ -38,7 +38,6 @@ WAIT = 5.0
 SCENARIO_TIMEOUT = 30.0
 CHANNEL_A = 0x4000  # RFC 8656 §12: channel numbers 0x4000-0x4FFF
 CHANNEL_B = 0x4FFF
-UCLIENT_TIMEOUT = 60.0
 
 
 def _in_relay_range(relayed: Address, host: str = TURN_ADDRESS) -> bool:
@@ -186,50 +185,6 @@ async def _relay_between_tcp_clients() -> dict[str, Any]:
 def test_two_tcp_clients_relay_to_each_other(deployment: Deployment) -> None:
     result = deployment.namespace.run_async(_relay_between_tcp_clients, SCENARIO_TIMEOUT)
     assert result["messages"] == 13
-
-
-# ---------------------------------------------------------------------------------------- coturn tools
-def _uclient(namespace: Namespace, *arguments: str) -> Any:
-    tool = require_tool("turnutils_uclient")
-    user, password = next(iter(USERS.items()))
-    completed = namespace.run(tool, "-u", user, "-w", password, "-p", str(TURN_PORT), *arguments, TURN_ADDRESS,
-                              timeout=UCLIENT_TIMEOUT)
-    return parse_uclient(completed.stdout + completed.stderr)
-
-
-@pytest.mark.parametrize("transport", [[], ["-t"]], ids=["udp", "tcp"])
-def test_uclient_to_a_peer_host_loses_nothing(deployment: Deployment, transport: list[str]) -> None:
-    peer_host = deployment.peer_host
-    peer = peer_host.popen(require_tool("turnutils_peer"), "-L", PEER_ADDRESS, "-p", "3480")
-    try:
-        _wait_udp_listener(peer_host, (PEER_ADDRESS, 3480))
-        report = _uclient(deployment.namespace, *transport, "-e", PEER_ADDRESS, "-r", "3480", "-n", "50", "-m", "2",
-                          "-l", "170")
-    finally:
-        peer_host.stop(peer)
-    # -m 2 with a peer: one RTP/RTCP pair of sessions, each sending -n messages.
-    assert (report.sent, report.received, report.lost) == (100, 100, 0), report.output[-3000:]
-
-
-@pytest.mark.parametrize("transport", [[], ["-t"]], ids=["udp", "tcp"])
-def test_uclient_client_to_client_loses_nothing(deployment: Deployment, transport: list[str]) -> None:
-    # -y: the clients' allocations relay to each other, the headline case of a TURN server.
-    report = _uclient(deployment.namespace, "-y", *transport, "-n", "50", "-m", "2", "-l", "170")
-    assert report.sent == report.received > 0, report.output[-3000:]
-    assert report.lost == 0, report.output[-3000:]
-
-
-def _wait_udp_listener(namespace: Namespace, address: Address, timeout: float = WAIT) -> None:
-    """Until something holds address (a bind there fails), bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with namespace.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(address)
-            except OSError:
-                return
-        assert time.monotonic() < deadline, f"nothing listens on {address}"
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------- users
