@@ -158,7 +158,11 @@ class WorkerPool:
         metrics_sockets = worker_metrics_sockets(config, len(slices))
         try:
             for index, (lo, hi) in enumerate(slices):
-                worker_config = config.replace(allocation_port_range_min=lo, allocation_port_range_max=hi)
+                worker_config = config.replace(
+                    allocation_port_range_min=lo, allocation_port_range_max=hi,
+                    # MaxRelayedBitrate is the instance's: each worker measures its own share (docs/scaling.md).
+                    max_relayed_bitrate=-(-config.max_relayed_bitrate // len(slices)),
+                )
                 self.workers.append(_Worker(index, worker_config, bind_listeners(config) + metrics_sockets[index]))
         except BaseException:
             self.close_sockets()
