@@ -241,3 +241,39 @@ def test_drain_command_errors(tmp_path: Path) -> None:
     assert result.returncode == 1 and "no running pyturn" in result.stderr
     missing = write_config(tmp_path, port, extra={"PidFile": tmp_path / "none.pid"}, name="missing.config")
     assert run_pyturn_cli("drain", "-c", str(missing)).returncode == 66
+
+
+@pytest.mark.requires(_second_loopback(), "127.0.0.2 is not a local address here")
+async def test_capacity_redirects_max_allocations_and_bitrate(tmp_path: Path) -> None:
+    alternate = (SECOND, _free_udp(SECOND))  # nothing needs to listen there: the client only reads the 300
+    config = loopback_config(alternate_servers=(alternate,), max_allocations=2, max_relayed_bitrate=80_000)
+    transport, _ = await start_echo_peer()
+    peer = transport.get_extra_info("sockname")[:2]
+    try:
+        async with Server(config, users={USERNAME: PASSWORD}, transports=("udp",)) as server:
+            target = server.addresses["udp"][0]
+            with MiniTurnClient(target) as busy, MiniTurnClient(target) as other, MiniTurnClient(target) as third:
+                await busy.allocate()
+                await busy.create_permission(peer)
+                async def stream() -> None:  # 1000 bytes every 10 ms each way: ~1.6 Mbit/s, over 80 kbit/s
+                    while True:
+                        await busy.send_indication(peer, b"x" * 1000)
+                        await asyncio.sleep(0.01)
+
+                sender = asyncio.create_task(stream())
+                try:
+                    await asyncio.sleep(2.2)  # the bitrate is measured once a tick (1 s)
+                    with pytest.raises(TurnRequestFailed) as redirected:
+                        await other.allocate()
+                finally:
+                    sender.cancel()
+                assert redirected.value.code == 300
+                assert redirected.value.response.get(Attr.ALTERNATE_SERVER) == alternate
+                await asyncio.sleep(2.2)  # quiet ticks: accepted again
+                await other.allocate()
+                with pytest.raises(TurnRequestFailed) as full:
+                    await third.allocate()  # MaxAllocations = 2 reached
+                assert full.value.code == 300
+                assert full.value.response.get(Attr.ALTERNATE_SERVER) == alternate
+    finally:
+        transport.close()
