@@ -11,6 +11,7 @@ __all__ = [
     "AllocationCreated",
     "AllocationDeleted",
     "AllocationEnded",
+    "AllocationRedirected",
     "AllocationRefreshed",
     "AuthFailed",
     "ChannelBound",
@@ -40,6 +41,7 @@ from pyturn.config import Config, load_config
 from pyturn.core import (
     AllocationCreated,
     AllocationDeleted,
+    AllocationRedirected,
     AllocationRefreshed,
     AuthFailed,
     ChannelBound,

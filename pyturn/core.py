@@ -174,7 +174,18 @@ class AuthFailed:
     reason: str = ""  # why (pyturn.stats.AUTH_FAILURE_REASONS, e.g. "expired_credentials"); never the secret
 
 
-Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
+@dataclass(frozen=True, slots=True)
+class AllocationRedirected:
+    """An Allocate this instance did not take (pyturn.redirect): answered 300 naming `alternate`, or 508 when
+    `alternate` is None; `reason` is a pyturn.redirect.Capacity value."""
+
+    five_tuple: FiveTuple
+    alternate: Address | None
+    reason: str
+
+
+Event = (AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
+         | AllocationRedirected)
 Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | ReleasePort | Event
 
 
@@ -457,12 +468,9 @@ class TurnServerCore:
                     pending.attempts += 1
                     return [self._open_relay(pending)]
             error = TurnError(508, "Insufficient Capacity")
-            if not pending.from_reservation:
-                try:  # the range is really exhausted: another instance may have ports left
-                    return self._redirect(pending.request, pending.five_tuple, pending.credentials,
-                                          Capacity.PORTS_EXHAUSTED, now)
-                except TurnError as refused:
-                    error = refused
+            if not pending.from_reservation and self.alternates.servers:  # another instance may have ports left
+                return self._redirect(pending.request, pending.five_tuple, pending.credentials,
+                                      Capacity.PORTS_EXHAUSTED, now)
         else:
             pending.release_ports(self._ports)
             if failure is RelayFailure.FAMILY_UNAVAILABLE:
@@ -772,14 +780,15 @@ class TurnServerCore:
         """RFC 8489 §10: 300 Try Alternate naming another instance, authenticated with the request's key so an
         off-path attacker cannot forge it; 508 (RFC 8656 §7.2) when no alternate fits or the client was already
         redirected once (the loop guard, pyturn.redirect)."""
+        if not self.alternates.servers:
+            raise TurnError(508, "Insufficient Capacity")  # nowhere to send anyone: as without AlternateServers
         target = self.alternates.choose(five_tuple.client, five_tuple.transport)
         nonce = request.get(Attr.NONCE)
         if target is None or (nonce is not None and self._nonces.check(nonce, now) is NonceState.REDIRECTED):
-            log.info("allocation for %s:%d/%s refused (%s): 508",
-                     five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason)
-            raise TurnError(508, "Insufficient Capacity")
-        log.info("allocation for %s:%d/%s redirected to %s:%d (%s)", five_tuple.client[0], five_tuple.client[1],
-                 five_tuple.transport.value, target.server[0], target.server[1], reason)
+            response = self._error(request, TurnError(508, "Insufficient Capacity"))
+            response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
+            return [self._reply(request, response, five_tuple, credentials.key),
+                    AllocationRedirected(five_tuple, None, reason)]
         response = self._error(request, TurnError(300, "Try Alternate"))
         response.add(Attr.ALTERNATE_SERVER, target.server)
         if target.domain is not None:
@@ -788,7 +797,8 @@ class TurnServerCore:
         # an instance sharing NonceSecretFile, and that instance will not redirect them again.
         response.add(Attr.REALM, credentials.realm)
         response.add(Attr.NONCE, self._nonces.issue(now, redirected=True))
-        return [self._reply(request, response, five_tuple, credentials.key)]
+        return [self._reply(request, response, five_tuple, credentials.key),
+                AllocationRedirected(five_tuple, target.server, reason)]
 
     def _refresh(
         self,

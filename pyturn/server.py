@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pyturn.allocation import Transport
 from pyturn.auth import EXPIRED, UserLookup
 from pyturn.config import Config
-from pyturn.core import AuthFailed, Event, TurnServerCore
+from pyturn.core import AllocationRedirected, AuthFailed, Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.localaddrs import interface_addresses, server_addresses
@@ -92,6 +92,38 @@ class _ExpiredCredentialsLog:
         log.warning("expired credentials: username %r from %s:%d refused (%d since the last such line)",
                     event.username, client[0], client[1], self._unlogged)
         self._unlogged = 0
+        self._logged_at = now
+
+
+class _RedirectLog:
+    """Logs Allocates sent elsewhere (300) or refused for capacity (508): the first at once, then one line per
+    interval with the counts, so a full or draining instance under load does not flood the log."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._redirected = 0
+        self._refused = 0
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, AllocationRedirected):
+            return
+        if event.alternate is None:
+            self._refused += 1
+        else:
+            self._redirected += 1
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < EXPIRED_LOG_INTERVAL:
+            return
+        client = event.five_tuple.client
+        if event.alternate is None:
+            outcome = "refused with 508"
+        else:
+            outcome = f"redirected to {_uri_host(event.alternate[0])}:{event.alternate[1]}"
+        log.info("allocation for %s:%d/%s %s (%s); since the last such line: %d redirected, %d refused",
+                 client[0], client[1], event.five_tuple.transport.value, outcome, event.reason,
+                 self._redirected, self._refused)
+        self._redirected = self._refused = 0
         self._logged_at = now
 
 
@@ -233,6 +265,7 @@ class Server:
         self._user_db: UserDB | None = None
         self._user_file_mtime: float | None = None  # set by the first load, before the watcher compares with it
         self._event_log.listeners.append(_ExpiredCredentialsLog(time.monotonic))
+        self._event_log.listeners.append(_RedirectLog(time.monotonic))
         given: list[str | bytes] = (
             [] if shared_secret is None
             else [shared_secret] if isinstance(shared_secret, str | bytes) else list(shared_secret)

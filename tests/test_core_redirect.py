@@ -13,6 +13,7 @@ import struct
 from turnclient import CLIENT, SERVER, Harness, TurnClient, make_config
 
 from pyturn.allocation import Transport
+from pyturn.core import AllocationRedirected
 from pyturn.stun import Attr, MessageClass, Method, verify_integrity
 
 ALT_V4 = ("198.51.100.20", 3478)
@@ -61,6 +62,7 @@ def test_draining_allocate_gets_authenticated_300_naming_the_alternate() -> None
     assert response.get(Attr.NONCE)
     assert 0x8003 not in attributes  # no ALTERNATE-DOMAIN over UDP
     assert harness.core.allocations == {}
+    assert result.one(AllocationRedirected) == AllocationRedirected(client.five_tuple, ALT_V4, "draining")
 
 
 def test_unauthenticated_allocate_is_challenged_not_redirected() -> None:
@@ -109,7 +111,9 @@ def test_without_alternates_capacity_is_508() -> None:
     assert harness.client(client=("203.0.113.10", 2)).allocate().error_code == 508
     harness = Harness()
     harness.core.draining = True
-    assert harness.client().allocate().error_code == 508
+    refused = harness.client().allocate()
+    assert refused.error_code == 508
+    assert refused.of(AllocationRedirected) == []  # no AlternateServers: the plain 508 of before
 
 
 def test_ipv6_client_gets_the_ipv6_alternate() -> None:
@@ -176,6 +180,7 @@ def test_loop_guard_redirected_client_is_not_redirected_back() -> None:
     assert result.error_code == 508
     assert not result.response.has(Attr.ALTERNATE_SERVER)
     assert verify_integrity(result.response, moved.key)
+    assert result.one(AllocationRedirected) == AllocationRedirected(moved.five_tuple, None, "draining")
 
 
 def test_without_shared_secret_the_redirect_nonce_is_stale() -> None:
