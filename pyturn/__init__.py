@@ -35,9 +35,9 @@ __all__ = [
     "run_in_thread",
 ]
 
-from pyturn.auth import KeyCandidates, TimedUserLookup
-from pyturn.config import Config, load_config
-from pyturn.core import (
+from pyturn.config import Config
+from pyturn.core.auth import KeyCandidates, TimedUserLookup
+from pyturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
@@ -45,10 +45,11 @@ from pyturn.core import (
     ChannelBound,
     PermissionInstalled,
 )
+from pyturn.core.userdb import UserDB
 from pyturn.credentials import rest_credentials
 from pyturn.errors import ConfigError, PyturnError, StunDecodeError, TurnError, UserDBError
+from pyturn.files.configfile import load_config
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
-from pyturn.userdb import UserDB
 
 if TYPE_CHECKING:
     from pyturn.server import Server, loopback_config

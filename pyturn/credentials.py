@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pyturn.sharedsecret import DEFAULT_SEPARATOR, rest_password, rest_username
+from pyturn.core.sharedsecret import DEFAULT_SEPARATOR, rest_password, rest_username
 
 __all__ = ["DEFAULT_TTL", "ice_servers_entry", "rest_credentials"]
 

@@ -20,18 +20,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyturn.allocation import Transport
-from pyturn.auth import EXPIRED, UserLookup
 from pyturn.config import Config
-from pyturn.core import AuthFailed, Event, TurnServerCore
+from pyturn.core.allocation import Transport
+from pyturn.core.auth import EXPIRED, UserLookup
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.events import AuthFailed, Event
+from pyturn.core.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets
+from pyturn.core.stats import ReloadStats
+from pyturn.core.userdb import UserDB
 from pyturn.errors import PyturnError, UserDBError
+from pyturn.files.secretfile import load_secret_file
+from pyturn.files.userfile import load_user_file
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
-from pyturn.localaddrs import interface_addresses, server_addresses
-from pyturn.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets, load_secret_file
-from pyturn.stats import ReloadStats
-from pyturn.stun import Address
-from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
-from pyturn.transport import (
+from pyturn.net.localaddrs import interface_addresses, server_addresses
+from pyturn.net.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
+from pyturn.net.transport import (
     Runtime,
     UdpListener,
     bind_stream,
@@ -40,11 +43,11 @@ from pyturn.transport import (
     make_stream_factory,
     start_stream_listener,
 )
-from pyturn.userdb import UserDB, load_user_file
+from pyturn.wire.message import Address
 
 if TYPE_CHECKING:
-    from pyturn.metrics import MetricsEndpoint
-    from pyturn.metrics_workers import SampleAnswerer
+    from pyturn.net.metrics import MetricsEndpoint
+    from pyturn.net.metrics_workers import SampleAnswerer
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +417,7 @@ class Server:
 
         start() calls this when MetricsPort is set; a test rig may call it after start() for an ephemeral port.
         """
-        from pyturn.metrics import open_metrics_endpoint
+        from pyturn.net.metrics import open_metrics_endpoint
 
         if self.metrics is not None:
             return self.metrics.address
@@ -427,7 +430,7 @@ class Server:
         return self.metrics.address
 
     async def _start_configured_metrics(self) -> None:
-        from pyturn.metrics import answer_metrics_requests
+        from pyturn.net.metrics import answer_metrics_requests
 
         host, port = self.config.metrics_address, self.config.metrics_port
         if self._metrics_channels and _listen_key(socket.SOCK_STREAM, host, port) not in self._listen_sockets:

@@ -23,16 +23,9 @@ from typing import Any
 
 from requirements import require, require_module
 
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_message,
-    encode_message,
-    long_term_key,
-    verify_integrity,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key, verify_integrity
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_V6 = "::1"

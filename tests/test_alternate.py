@@ -17,7 +17,8 @@ from interop import LOOPBACK, USERNAME, require_tool
 
 from pyturn.config import Config
 from pyturn.server import Server
-from pyturn.stun import Address, Attr, Message, MessageClass, Method, decode_message, encode_message
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 ALTERNATE = "127.0.0.2"
 WAIT = 2.0

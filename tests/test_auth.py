@@ -6,10 +6,12 @@ import base64
 
 import pytest
 
-from pyturn.auth import Challenge, Credentials, NonceSigner, authenticate
+from pyturn.core.auth import Challenge, Credentials, NonceSigner, authenticate
+from pyturn.core.userdb import UserDB
 from pyturn.errors import TurnError
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message, long_term_key
-from pyturn.userdb import UserDB
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 SECRET = b"s" * 32
 LIFETIME = 3600

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyturn.cli import DEFAULT_CONFIG, UsageError, parse_arguments
+from pyturn.service.cli import DEFAULT_CONFIG, UsageError, parse_arguments
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_cli_parse_arguments_refuses(argv: list[str]) -> None:
 def test_cli_first_argument_users_credentials_dns_records_selects_a_helper_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pyturn.cli import main
+    from pyturn.service.cli import main
 
     assert main(["users"]) == 64  # an action is required
     assert main(["credentials", "--help"]) == 0

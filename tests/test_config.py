@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from pyturn.config import KEYS, Config, ConfigWarning, Kind, format_value, load_config, parse_overrides
+from pyturn.config import KEYS, Config, ConfigWarning, Kind, format_value
 from pyturn.errors import ConfigError
+from pyturn.files.configfile import load_config, parse_overrides
 
 SAMPLE = Path(__file__).resolve().parent.parent / "conf" / "reTurnServer.config"
 MAIN = "reTurnServer.config"

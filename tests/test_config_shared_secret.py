@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyturn.config import load_config
 from pyturn.errors import ConfigError
+from pyturn.files.configfile import load_config
 
 
 def _write(tmp_path: Path, text: str, name: str = "reTurnServer.config") -> Path:

@@ -8,19 +8,13 @@ from typing import Any
 import pytest
 from turnclient import CLIENT, SERVER, Harness, RelayHandle, Result, TurnClient, build, make_config, new_tid
 
-from pyturn.allocation import FiveTuple, Transport
-from pyturn.core import (
-    AllocationCreated,
-    AllocationDeleted,
-    AllocationRefreshed,
-    CloseRelay,
-    OpenRelay,
-    RelayFailure,
-    ReleasePort,
-    SendToClient,
-)
-from pyturn.stun import Attr, MessageClass, Method, decode_message, long_term_key, verify_integrity
-from pyturn.userdb import UserDB
+from pyturn.core.actions import CloseRelay, OpenRelay, RelayFailure, ReleasePort, SendToClient
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.events import AllocationCreated, AllocationDeleted, AllocationRefreshed
+from pyturn.core.userdb import UserDB
+from pyturn.wire.codec import decode_message
+from pyturn.wire.integrity import long_term_key, verify_integrity
+from pyturn.wire.message import Attr, MessageClass, Method
 
 
 def allocated(harness: Harness, username: str = "alice", **kwargs: Any) -> TurnClient:

@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 from turnclient import CLIENT, REALM, SERVER, Harness, build, make_config, new_tid
 
-from pyturn.allocation import FiveTuple, Transport
-from pyturn.auth import NonceSigner
-from pyturn.core import AuthFailed, OpenRelay, SendToClient
-from pyturn.stun import Attr, MessageClass, Method, long_term_key, verify_integrity
-from pyturn.userdb import UserDB
+from pyturn.core.actions import OpenRelay, SendToClient
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.auth import NonceSigner
+from pyturn.core.events import AuthFailed
+from pyturn.core.userdb import UserDB
+from pyturn.wire.integrity import long_term_key, verify_integrity
+from pyturn.wire.message import Attr, MessageClass, Method
 
 UDP_TUPLE = FiveTuple(Transport.UDP, CLIENT, SERVER)
 

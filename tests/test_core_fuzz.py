@@ -13,11 +13,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyturn.allocation import FiveTuple, Transport
 from pyturn.config import Config
-from pyturn.core import OpenRelay, SendToClient, TurnServerCore
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_channel_data, encode_message
-from pyturn.userdb import UserDB
+from pyturn.core.actions import OpenRelay, SendToClient
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.userdb import UserDB
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import encode_channel_data
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 REALM = "reTurn"
 PASSWORD = "pw"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import gc
 
-from pyturn.allocation import COMPACT_SLACK, Allocation
+from pyturn.core.allocation import Allocation
+from pyturn.core.timers import COMPACT_SLACK
 from tests.turnclient import Harness, make_config
 
 CYCLES = 3000

@@ -8,27 +8,20 @@ from typing import Any
 import pytest
 from turnclient import CLIENT, PEER, SERVER, Harness, Result, TurnClient, build, make_config, new_tid
 
-from pyturn.allocation import FiveTuple, Transport
-from pyturn.core import (
+from pyturn.core.actions import SendFrom, SendToClient, SendToPeer
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
     AuthFailed,
     ChannelBound,
     PermissionInstalled,
-    SendFrom,
-    SendToClient,
-    SendToPeer,
 )
-from pyturn.stun import (
-    Attr,
-    MessageClass,
-    Method,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    verify_integrity,
-)
+from pyturn.wire.codec import decode_message
+from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.integrity import verify_integrity
+from pyturn.wire.message import Attr, MessageClass, Method
 
 # The RFC's numbers, written here rather than imported from the code under test.
 PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: a permission lasts 300 s

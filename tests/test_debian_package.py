@@ -24,9 +24,10 @@ import pytest
 from requirements import require
 
 import pyturn
-from pyturn.config import KEYS, load_config
-from pyturn.manpage import config_page, server_page
-from pyturn.userdb import load_user_file
+from pyturn.config import KEYS
+from pyturn.files.configfile import load_config
+from pyturn.files.userfile import load_user_file
+from pyturn.service.manpage import config_page, server_page
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEBIAN = REPOSITORY / "debian"
@@ -320,7 +321,9 @@ APT = "apt-get -y -q -o Dpkg::Use-Pty=0"
 # starts it, then a Binding and an authenticated Allocate by the handbook's htdigest user over UDP.
 SERVER_PROBE = """\
 import fcntl, os, socket, struct, subprocess, sys, time
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message, long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:

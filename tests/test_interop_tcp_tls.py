@@ -36,21 +36,12 @@ from interop import (
 
 from pyturn.config import Config
 from pyturn.errors import PyturnError
+from pyturn.net.tls import TlsSetupError, make_server_context
 from pyturn.server import Server
-from pyturn.stun import (
-    Address,
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    StreamFramer,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-    long_term_key,
-)
-from pyturn.tls import TlsSetupError, make_server_context
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import StreamFramer, decode_channel_data, encode_channel_data
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 WAIT = 5.0
 CHANNEL = 0x4000
@@ -60,7 +51,7 @@ CHANNEL = 0x4000
 class StreamTurnClient:
     """A long-term-credential TURN client over one TCP or TLS stream, for framing tests.
 
-    Frames are split with pyturn.stun.StreamFramer using the same padding rule as the server under test.
+    Frames are split with pyturn.wire.framing.StreamFramer using the same padding rule as the server under test.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, padding: bool) -> None:
@@ -420,7 +411,7 @@ def test_tls_missing_dh_file_only_warns(
     server_files: ServerFiles, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = tls_config(Config(), server_files, tls_temp_dh_filename=str(tmp_path / "absent-dh2048.pem"))
-    with caplog.at_level(logging.WARNING, logger="pyturn.tls"):
+    with caplog.at_level(logging.WARNING, logger="pyturn.net.tls"):
         context = make_server_context(config)
     assert context.minimum_version is ssl.TLSVersion.TLSv1_2
     assert any("absent-dh2048.pem" in record.getMessage() and record.levelno == logging.WARNING
@@ -490,7 +481,7 @@ async def test_tls_reload_serves_new_certificate_to_new_connections(
 
             # A broken replacement: the reload fails loudly and the certificate in service stays.
             second.certificate.write_text("garbage\n")
-            with caplog.at_level(logging.ERROR, logger="pyturn.tls"):
+            with caplog.at_level(logging.ERROR, logger="pyturn.net.tls"):
                 assert server.reload_tls() is False
             assert any("not reloaded" in record.getMessage() for record in caplog.records)
             assert await served_serial() == second.serial

@@ -27,7 +27,8 @@ from interop import (
 
 from pyturn.config import Config
 from pyturn.server import Server
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 WAIT = 5.0
 needs_ipv6 = pytest.mark.requires(has_ipv6(), "this host has no IPv6 loopback")
@@ -64,7 +65,7 @@ async def test_ipv6_binding_on_every_transport(dual_config: Config, tmp_path: Pa
         tls_turn_port=0, tls_server_certificate_filename=str(files.certificate),
         tls_server_private_key_filename=str(files.key), tls_temp_dh_filename="",
     )
-    from pyturn.tls import make_server_context
+    from pyturn.net.tls import make_server_context
 
     async with Server(config, users={USERNAME: PASSWORD}, ssl_context=make_server_context(config)) as server:
         udp, tcp, tls = (_v6(server.addresses[kind]) for kind in ("udp", "tcp", "tls"))

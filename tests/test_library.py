@@ -25,10 +25,12 @@ from pyturn import (
     UserDB,
 )
 from pyturn.hooks import EventLog
+from pyturn.net.transport import has_ipv6
 from pyturn.server import StartupError, loopback_config
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message, long_term_key
 from pyturn.testing import self_signed_certificate, server_ssl_context
-from pyturn.transport import has_ipv6
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 USERNAME = "alice"
 PASSWORD = "wonderland"

@@ -8,9 +8,9 @@ import pytest
 from interop import MiniTurnClient, TurnRequestFailed
 
 import pyturn
+from pyturn.core.sharedsecret import SecretFileError
 from pyturn.errors import PyturnError
 from pyturn.server import Server, loopback_config
-from pyturn.sharedsecret import SecretFileError
 
 
 async def _allocates(server: Server, username: str, password: str) -> bool:

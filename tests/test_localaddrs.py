@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyturn.config import Config
-from pyturn.localaddrs import interface_addresses, server_addresses
+from pyturn.net.localaddrs import interface_addresses, server_addresses
 
 INTERFACES = {"127.0.0.1", "::1", "198.51.100.19", "10.0.0.5", "2001:db8:1000:2000::19", "fe80::1"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pyturn.config import Config
-from pyturn.logsetup import (
+from pyturn.service.logsetup import (
     NOTICE,
     STACK,
     JsonCeeFormatter,

@@ -19,21 +19,14 @@ import pytest
 from interop import PASSWORD, USERNAME, MiniTurnClient, TurnRequestFailed, start_echo_peer
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyturn import http_endpoint
-from pyturn.config import load_config
 from pyturn.errors import ConfigError
+from pyturn.files.configfile import load_config
+from pyturn.net import http_endpoint
 from pyturn.server import Server
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    StreamFramer,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-    long_term_key,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import StreamFramer, encode_channel_data
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "conf" / "grafana-pyturn.json"
 WAIT = 5.0
@@ -380,7 +373,7 @@ async def test_dashboard_queries_only_metrics_pyturn_exports(server: Server) -> 
 
 
 class StreamTurnClient:
-    """Just enough TURN over TCP for counting: long-term credentials, framed with pyturn.stun.StreamFramer."""
+    """Just enough TURN over TCP for counting: long-term credentials, framed with pyturn.wire.framing.StreamFramer."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader

@@ -19,7 +19,8 @@ from certs import make_ca, write_server_files
 from interop import LOOPBACK, free_port, require_tool
 
 from pyturn.server import Server, loopback_config
-from pyturn.stun import Message, MessageClass, Method, decode_message, encode_message
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.message import Message, MessageClass, Method
 
 pytestmark = pytest.mark.interop
 

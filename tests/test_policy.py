@@ -4,8 +4,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
 
+from pyturn.core.policy import BUILTIN_DENIED, PeerPolicy, Verdict, embedded_ipv4
 from pyturn.errors import ConfigError
-from pyturn.policy import BUILTIN_DENIED, PeerPolicy, Verdict, embedded_ipv4
 
 DEFAULT = PeerPolicy()
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pyturn.ports import BUSY_RETRY_AFTER, PortPool
+from pyturn.core.ports import BUSY_RETRY_AFTER, PortPool
 
 NOW = 100.0
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pyturn.probe import ProbeError, format_address, probe_udp
-from pyturn.stun import Attr, MessageClass, decode_message, encode_message, error_response
+from pyturn.service.probe import ProbeError, format_address, probe_udp
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.message import Attr, MessageClass, error_response
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 15.0

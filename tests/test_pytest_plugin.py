@@ -15,8 +15,9 @@ import pytest
 from aioice.turn import create_turn_endpoint
 
 from pyturn import AllocationCreated, AllocationDeleted
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message
 from pyturn.testing import TurnServerFixture
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 pytest_plugins = ["pytester"]
 

@@ -96,7 +96,7 @@ def test_release_wheel_carries_metadata_entry_points_and_package_data(dist: Path
     assert "cryptography>=38" in requirements
     assert any(line.startswith("pyyaml>=6") for line in requirements)
     assert any(line.startswith("uvloop>=0.17") for line in requirements)
-    assert "pyturn = pyturn.cli:main" in entry_points
+    assert "pyturn = pyturn.service.cli:main" in entry_points
     assert "[pytest11]" in entry_points and "pyturn = pyturn.testing" in entry_points
 
 
@@ -137,7 +137,8 @@ LIBRARY_TESTS = '''
     import pytest
 
     import pyturn
-    from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message
+    from pyturn.wire.message import Attr, Message, MessageClass, Method
+    from pyturn.wire.codec import decode_message, encode_message
     from pyturn.testing import TurnServerFixture
 
 

@@ -18,11 +18,13 @@ from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient, TurnRequestFai
 from requirements import require, require_module
 from turnclient import PEER, Harness, TurnClient, make_config, new_tid
 
-import pyturn.transport
-from pyturn.core import OpenRelay, RelayFailure, SendToPeer
+import pyturn.net.transport
+from pyturn.core.actions import OpenRelay, RelayFailure, SendToPeer
 from pyturn.errors import StunDecodeError
 from pyturn.server import Server, loopback_config
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message, verify_integrity
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import verify_integrity
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 MAGIC_COOKIE = 0x2112A442
 ALLOCATE_REQUEST, CREATE_PERMISSION_REQUEST, CHANNEL_BIND_REQUEST = 0x0003, 0x0008, 0x0009
@@ -228,7 +230,7 @@ async def test_rfc8656_s7_2_dont_fragment_setsockopt_failure_gets_420_on_a_real_
         with MiniTurnClient(server.addresses["udp"][0]) as client:
             assert await client.allocate((Attr.DONT_FRAGMENT, True))  # Linux honours DF on loopback
             await client.refresh(0)
-        monkeypatch.setattr(pyturn.transport, "set_dont_fragment", lambda sock, family: False)
+        monkeypatch.setattr(pyturn.net.transport, "set_dont_fragment", lambda sock, family: False)
         with MiniTurnClient(server.addresses["udp"][0]) as client:
             with pytest.raises(TurnRequestFailed) as refused:
                 await client.allocate((Attr.DONT_FRAGMENT, True))

@@ -8,11 +8,13 @@ from ipaddress import ip_network
 
 import pytest
 
-from pyturn.allocation import FiveTuple, Transport
 from pyturn.config import Config
-from pyturn.core import SendFrom, SendToClient, TurnServerCore
-from pyturn.stun import Attr, Message, MessageClass, Method, decode_message, encode_message
-from pyturn.userdb import UserDB
+from pyturn.core.actions import SendFrom, SendToClient
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.userdb import UserDB
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 SERVER = ("192.0.2.1", 3478)
 CLIENT_V4 = ("203.0.113.9", 40000)

@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 from turnclient import CLIENT, REALM, SERVER, Harness, Result, TurnClient, build, make_config
 
-import pyturn.stun
-from pyturn.allocation import FiveTuple, Transport
-from pyturn.core import AllocationRefreshed, AuthFailed, OpenRelay, SendToClient
-from pyturn.stun import Attr, Message, MessageClass, Method, encode_message, long_term_key
-from pyturn.userdb import UserDB
+import pyturn.wire.integrity
+from pyturn.core.actions import OpenRelay, SendToClient
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.events import AllocationRefreshed, AuthFailed
+from pyturn.core.userdb import UserDB
+from pyturn.wire.codec import encode_message
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 PEER = ("198.51.100.7", 5000)
 ALLOCATE_ATTRS = [(Attr.REQUESTED_TRANSPORT, 17)]
@@ -136,13 +139,13 @@ def test_security_auth_attribute_after_integrity_is_not_trusted() -> None:
 def test_security_auth_compares_macs_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     # Case 14: the HMAC check goes through hmac.compare_digest (coturn #1869).
     calls: list[int] = []
-    real = pyturn.stun.hmac.compare_digest
+    real = pyturn.wire.integrity.hmac.compare_digest
 
     def recording(a: Any, b: Any) -> bool:
         calls.append(len(a))
         return real(a, b)
 
-    monkeypatch.setattr(pyturn.stun.hmac, "compare_digest", recording)
+    monkeypatch.setattr(pyturn.wire.integrity.hmac, "compare_digest", recording)
     harness = Harness()
     client = _challenged(harness, "alice", "wrong")
     assert client.send_raw(client.signed(Method.ALLOCATE, ALLOCATE_ATTRS)).error_code == 401

@@ -23,15 +23,9 @@ import pytest
 
 from pyturn.config import Config
 from pyturn.server import Server
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_message,
-    encode_message,
-    long_term_key,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 USERS = {"u": "p"}
 MAGIC_COOKIE = 0x2112A442

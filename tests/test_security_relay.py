@@ -18,9 +18,11 @@ from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient, TurnRequestFai
 from turnclient import Harness, Result, TurnClient, build, make_config
 
 from pyturn.config import Config
-from pyturn.core import PermissionInstalled, SendToClient, SendToPeer
+from pyturn.core.actions import SendToClient, SendToPeer
+from pyturn.core.events import PermissionInstalled
 from pyturn.server import Server
-from pyturn.stun import Attr, MessageClass, Method, decode_message
+from pyturn.wire.codec import decode_message
+from pyturn.wire.message import Attr, MessageClass, Method
 
 FAMILY_IPV4 = 1
 FAMILY_IPV6 = 2

@@ -11,16 +11,11 @@ import pytest
 from turnclient import REALM, Harness, make_config
 
 import pyturn
-from pyturn.core import AuthFailed, OpenRelay
-from pyturn.sharedsecret import (
-    SecretFileError,
-    SharedSecrets,
-    UsersAndSecrets,
-    load_secret_file,
-    rest_password,
-    username_expiry,
-)
-from pyturn.userdb import UserDB
+from pyturn.core.actions import OpenRelay
+from pyturn.core.events import AuthFailed
+from pyturn.core.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets, rest_password, username_expiry
+from pyturn.core.userdb import UserDB
+from pyturn.files.secretfile import load_secret_file
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the fake clock's Unix time
 SECRET = "north-wind"

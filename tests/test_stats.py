@@ -1,12 +1,12 @@
-"""What the sans-IO core counts for the metrics (pyturn.stats.CoreStats), driven with a fake clock."""
+"""What the sans-IO core counts for the metrics (pyturn.core.stats.CoreStats), driven with a fake clock."""
 
 from __future__ import annotations
 
 from turnclient import PEER, Harness, build, make_config
 
-from pyturn.allocation import FiveTuple, Transport
-from pyturn.stats import AUTH_FAILURE_REASONS, CoreStats, method_name
-from pyturn.stun import Attr, Method
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.stats import AUTH_FAILURE_REASONS, CoreStats, method_name
+from pyturn.wire.message import Attr, Method
 
 
 def test_core_counts_requests_errors_and_allocations() -> None:

@@ -13,25 +13,19 @@ from typing import Any
 import pytest
 
 from pyturn.errors import StunDecodeError
-from pyturn.stun import (
+from pyturn.wire.codec import StunEncodeError, decode_message, encode_message
+from pyturn.wire.framing import StreamFramer, decode_channel_data, encode_channel_data
+from pyturn.wire.integrity import long_term_key, verify_integrity, verify_integrity_sha256
+from pyturn.wire.message import (
     MAGIC_COOKIE,
     Attr,
     Message,
     MessageClass,
     Method,
-    StreamFramer,
-    StunEncodeError,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
     error_response,
-    long_term_key,
     message_type,
     response_for,
     split_message_type,
-    verify_integrity,
-    verify_integrity_sha256,
 )
 
 VECTORS_DIR = Path(__file__).parent / "vectors"

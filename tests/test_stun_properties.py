@@ -10,19 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyturn.errors import StunDecodeError
-from pyturn.stun import (
-    MAGIC_COOKIE,
-    Attr,
-    Message,
-    MessageClass,
-    StreamFramer,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-    verify_integrity,
-    verify_integrity_sha256,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import StreamFramer, decode_channel_data, encode_channel_data
+from pyturn.wire.integrity import verify_integrity, verify_integrity_sha256
+from pyturn.wire.message import MAGIC_COOKIE, Attr, Message, MessageClass
 
 KNOWN_TYPES = frozenset(int(a) for a in Attr)
 TRAILER_TYPES = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT)

@@ -8,7 +8,9 @@ import os
 import pytest
 from interop import LOOPBACK
 
-from pyturn.stun import Attr, Message, MessageClass, Method, StreamFramer, decode_message, encode_message
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import StreamFramer
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 pytestmark = pytest.mark.interop
 

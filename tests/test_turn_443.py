@@ -22,7 +22,7 @@ from interop import (
     write_config,
 )
 
-from pyturn.tls import ALPN_PROTOCOLS
+from pyturn.net.tls import ALPN_PROTOCOLS
 
 UNIT = Path(__file__).resolve().parent.parent / "conf" / "pyturn.service"
 SECRET = "port-443-secret"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pyturn.core.userdb import UserDB, UserProblem, UserState, parse_user_lines
 from pyturn.errors import UserDBError
-from pyturn.userdb import UserDB, UserProblem, UserState, load_user_file, parse_user_lines
+from pyturn.files.userfile import load_user_file
 
 CONF_USERS = Path(__file__).resolve().parent.parent / "conf" / "users.txt"
 SECRET_PASSWORD = "s3cr3t-pw"

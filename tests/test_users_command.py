@@ -26,7 +26,7 @@ from interop import (
 )
 from ptyrun import run_on_pty
 
-from pyturn.userdb import load_user_file
+from pyturn.files.userfile import load_user_file
 
 PYTURN = [sys.executable, "-m", "pyturn"]
 RELOAD_TIMEOUT = 5.0

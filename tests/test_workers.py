@@ -38,17 +38,11 @@ from interop import (
 )
 
 from pyturn.config import Config
-from pyturn.service import EXIT_STARTUP
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_message,
-    encode_message,
-    long_term_key,
-)
-from pyturn.workers import port_slices, worker_count
+from pyturn.service.daemon import EXIT_STARTUP
+from pyturn.service.workers import port_slices, worker_count
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 RELAY_LOW = 46000
 RELAY_HIGH = 46999

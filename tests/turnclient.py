@@ -15,19 +15,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pyturn.allocation import Allocation, FiveTuple, Transport
-from pyturn.auth import UserLookup
 from pyturn.config import Config
-from pyturn.core import (
-    Action,
-    OpenRelay,
-    RelayFailure,
-    SendFrom,
-    SendToClient,
-    TurnServerCore,
-)
-from pyturn.stun import Address, Attr, Message, MessageClass, Method, decode_message, encode_message, long_term_key
-from pyturn.userdb import UserDB
+from pyturn.core.actions import Action, OpenRelay, RelayFailure, SendFrom, SendToClient
+from pyturn.core.allocation import Allocation, FiveTuple, Transport
+from pyturn.core.auth import UserLookup
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.userdb import UserDB
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 REALM = "reTurn"
 SERVER: Address = ("192.0.2.1", 3478)

@@ -17,7 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_core
 import fuzzkit
 
-from pyturn.stun import Attr, Message, MessageClass, Method, encode_channel_data, encode_message, long_term_key
+from pyturn.wire.codec import encode_message
+from pyturn.wire.framing import encode_channel_data
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 VECTORS = fuzzkit.TESTS_DIR / "vectors"
 KEY = long_term_key("u0", "reTurn", "pw")

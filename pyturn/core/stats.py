@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyturn.stun import Method
+from pyturn.wire.message import Method
 
 # STUN methods a label may name (RFC 8489 §18.2, RFC 8656 §17, RFC 3489 §11.1); any other method is "other".
 METHOD_NAMES: dict[int, str] = {

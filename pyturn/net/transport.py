@@ -18,8 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from pyturn.allocation import FiveTuple, Transport
-from pyturn.core import (
+from pyturn.core.actions import (
     Action,
     CloseRelay,
     OpenRelay,
@@ -28,12 +27,15 @@ from pyturn.core import (
     SendFrom,
     SendToClient,
     SendToPeer,
-    TurnServerCore,
 )
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.events import AllocationCreated, AllocationDeleted
+from pyturn.core.ratelimit import TokenBucket
+from pyturn.core.stats import RelayCounter
 from pyturn.errors import StunDecodeError
-from pyturn.ratelimit import TokenBucket
-from pyturn.stats import RelayCounter
-from pyturn.stun import Address, StreamFramer
+from pyturn.wire.framing import StreamFramer
+from pyturn.wire.message import Address
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,16 @@ class _ThrottledWarning:
             self.logged_at = now
 
 
+def _log_lifecycle(event: AllocationCreated | AllocationDeleted) -> None:
+    """The allocation lifecycle lines of the server log, written from the core's events."""
+    client, transport = event.five_tuple.client, event.five_tuple.transport.value
+    if isinstance(event, AllocationCreated):
+        log.info("allocation %s:%d/%s for %r relayed at %s:%d for %ds", client[0], client[1], transport,
+                 event.username, event.relayed[0], event.relayed[1], event.lifetime)
+    else:
+        log.info("allocation %s:%d/%s deleted (%s)", client[0], client[1], transport, event.reason)
+
+
 class Runtime:
     """Carries out the core's actions; owns the socket registries shared by the adapters."""
 
@@ -264,11 +276,14 @@ class Runtime:
                 listener = self.udp_listeners.get(action.source)  # type: ignore[union-attr]
                 if listener is not None:
                     listener.send(action.data, action.destination)  # type: ignore[union-attr]
-            elif self.on_event is not None:
-                try:
-                    self.on_event(action)
-                except Exception:
-                    log.exception("event hook failed")
+            else:
+                if kind is AllocationCreated or kind is AllocationDeleted:
+                    _log_lifecycle(action)  # type: ignore[arg-type]
+                if self.on_event is not None:
+                    try:
+                        self.on_event(action)
+                    except Exception:
+                        log.exception("event hook failed")
 
     def _send_to_client(self, five_tuple: FiveTuple, data: bytes) -> None:
         if five_tuple.transport is Transport.UDP:

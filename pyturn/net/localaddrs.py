@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import ifaddr
 
 from pyturn.config import Config
-from pyturn.policy import PeerPolicy, Verdict
+from pyturn.core.policy import PeerPolicy, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from pyturn.config import Config, load_config
+from pyturn.config import Config
+from pyturn.core.sharedsecret import DEFAULT_SEPARATOR, SecretFileError
 from pyturn.credentials import DEFAULT_TTL, ice_servers_entry, rest_credentials
 from pyturn.errors import ConfigError
-from pyturn.service import EXIT_CONFIG, EXIT_OK
-from pyturn.sharedsecret import DEFAULT_SEPARATOR, SecretFileError, load_secret_file
-from pyturn.subcommands import EXIT_NO_INPUT, CommandParser
+from pyturn.files.configfile import load_config
+from pyturn.files.secretfile import load_secret_file
+from pyturn.service.daemon import EXIT_CONFIG, EXIT_OK
+from pyturn.service.subcommands import EXIT_NO_INPUT, CommandParser
 
 WILDCARDS = ("0.0.0.0", "::", "")
 

@@ -32,8 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyturn.config import Config
-from pyturn.metrics_workers import worker_metrics_sockets
-from pyturn.service import (
+from pyturn.net.metrics_workers import worker_metrics_sockets
+from pyturn.net.transport import bind_stream, bind_udp, has_ipv6
+from pyturn.service.daemon import (
     EXIT_OK,
     EXIT_STARTUP,
     StartupReport,
@@ -41,7 +42,6 @@ from pyturn.service import (
     notify_reloading,
     notify_stopping,
 )
-from pyturn.transport import bind_stream, bind_udp, has_ipv6
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class WorkerPool:
                 self._reap_and_restart()
             elif info.si_signo == signal.SIGHUP:
                 notify_reloading()
-                from pyturn.logsetup import reopen_log_files
+                from pyturn.service.logsetup import reopen_log_files
 
                 reopen_log_files()
                 self._forward(signal.SIGHUP)

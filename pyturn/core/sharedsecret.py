@@ -16,11 +16,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 from collections.abc import Iterable, Sequence
 from typing import cast
 
-from pyturn.auth import KeyCandidates, PlainUserLookup, UserLookup
+from pyturn.core.auth import KeyCandidates, PlainUserLookup, UserLookup
 from pyturn.errors import PyturnError
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "SecretFileError",
     "SharedSecrets",
     "UsersAndSecrets",
-    "load_secret_file",
     "parse_secret_lines",
     "rest_password",
     "rest_username",
@@ -160,20 +158,6 @@ def parse_secret_lines(lines: Iterable[bytes]) -> list[bytes]:
         line = raw.strip()
         if line and not line.startswith(b"#"):
             secrets.append(line)
-    return secrets
-
-
-def load_secret_file(path: str | os.PathLike[str]) -> list[bytes]:
-    """The secrets of a file; SecretFileError when it cannot be read or holds none (the message has no secret)."""
-    source = os.fspath(path)
-    try:
-        with open(source, "rb") as stream:
-            data = stream.read()
-    except OSError as error:
-        raise SecretFileError(f"cannot read shared-secret file {source}: {error.strerror or error}") from error
-    secrets = parse_secret_lines(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"))
-    if not secrets:
-        raise SecretFileError(f"shared-secret file {source} holds no secret")
     return secrets
 
 

@@ -17,10 +17,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pyturn import __version__
-from pyturn.config import Config, ConfigWarning, load_config
+from pyturn.config import Config, ConfigWarning
 from pyturn.errors import ConfigError, PyturnError, UserDBError
-from pyturn.logsetup import NOTICE, configure_logging, log_file_descriptors, reopen_log_files
-from pyturn.service import (
+from pyturn.files.configfile import load_config
+from pyturn.service.daemon import (
     EXIT_ALREADY_RUNNING,
     EXIT_CONFIG,
     EXIT_OK,
@@ -36,8 +36,9 @@ from pyturn.service import (
     notify_reloading,
     notify_stopping,
 )
-from pyturn.subcommands import COMMANDS as HELPER_COMMANDS
-from pyturn.subcommands import run_subcommand
+from pyturn.service.logsetup import NOTICE, configure_logging, log_file_descriptors, reopen_log_files
+from pyturn.service.subcommands import COMMANDS as HELPER_COMMANDS
+from pyturn.service.subcommands import run_subcommand
 
 log = logging.getLogger("pyturn")
 
@@ -73,7 +74,7 @@ class UsageError(Exception):
 
 
 def _status(argv: Sequence[str]) -> int:
-    from pyturn import status
+    from pyturn.service import status
 
     return status.main(argv)
 
@@ -205,7 +206,7 @@ def run(config: Config, *, pid_file: PidFile | None = None, report: StartupRepor
     With Workers other than 1 this process becomes the master of worker processes (pyturn.workers).
     """
     from pyturn.server import ephemeral_overlap
-    from pyturn.workers import run_workers, worker_count
+    from pyturn.service.workers import run_workers, worker_count
 
     overlap = ephemeral_overlap(config.allocation_port_range_min, config.allocation_port_range_max)
     if overlap is not None:

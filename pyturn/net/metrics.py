@@ -24,12 +24,12 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from pyturn.allocation import Transport
-from pyturn.http_endpoint import HttpEndpoint, Response
-from pyturn.metrics_workers import SampleAnswerer, WorkerSum, render_sum
-from pyturn.ratelimit import TokenBucket
-from pyturn.stats import AUTH_FAILURE_REASONS, RelayCounter
-from pyturn.transport import LISTEN_BACKLOG
+from pyturn.core.allocation import Transport
+from pyturn.core.ratelimit import TokenBucket
+from pyturn.core.stats import AUTH_FAILURE_REASONS, RelayCounter
+from pyturn.net.http_endpoint import HttpEndpoint, Response
+from pyturn.net.metrics_workers import SampleAnswerer, WorkerSum, render_sum
+from pyturn.net.transport import LISTEN_BACKLOG
 
 if TYPE_CHECKING:
     from pyturn.server import Server

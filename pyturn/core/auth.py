@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Protocol, cast, runtime_checkable
 
+from pyturn.core.stats import BAD_INTEGRITY, EXPIRED_CREDENTIALS, STALE_NONCE, UNKNOWN_USER
 from pyturn.errors import TurnError
-from pyturn.stats import BAD_INTEGRITY, EXPIRED_CREDENTIALS, STALE_NONCE, UNKNOWN_USER
-from pyturn.stun import Attr, Message, verify_integrity
+from pyturn.wire.integrity import verify_integrity
+from pyturn.wire.message import Attr, Message
 
 PlainUserLookup = Callable[[str, str], "bytes | None"]
 """(username, realm) -> the 16-byte long-term key (HA1), or None for an unknown user."""
@@ -105,7 +106,7 @@ class Credentials:
 
 class Challenge(TurnError):
     """A TurnError whose response must carry REALM and a fresh NONCE (401, 438); `failure` names the cause for
-    the metrics and the adapter's log (one of pyturn.stats.AUTH_FAILURE_REASONS, "" for a first request without
+    the metrics and the adapter's log (one of pyturn.core.stats.AUTH_FAILURE_REASONS, "" for a first request without
     credentials); it never goes on the wire."""
 
     def __init__(self, code: int, reason: str, failure: str = "") -> None:

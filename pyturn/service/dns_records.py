@@ -15,10 +15,11 @@ import ipaddress
 import sys
 from collections.abc import Sequence
 
-from pyturn.config import Config, load_config
+from pyturn.config import Config
 from pyturn.errors import ConfigError
-from pyturn.service import EXIT_CONFIG, EXIT_OK
-from pyturn.subcommands import CommandParser
+from pyturn.files.configfile import load_config
+from pyturn.service.daemon import EXIT_CONFIG, EXIT_OK
+from pyturn.service.subcommands import CommandParser
 
 DEFAULT_HOST = "turn"
 DEFAULT_TTL = 3600

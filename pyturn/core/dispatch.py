@@ -15,17 +15,26 @@ Everything else (STUN, Send/Data indications, unbound channels) goes through han
 from __future__ import annotations
 
 import hmac
-import logging
-import os
 import random
+import secrets
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import Enum
 from hashlib import sha256
 from typing import Any
 
-from pyturn.allocation import (
+from pyturn.config import Config
+from pyturn.core.actions import (
+    Action,
+    CloseRelay,
+    OpenRelay,
+    RelayFailure,
+    ReleasePort,
+    SendFrom,
+    SendToClient,
+    SendToPeer,
+)
+from pyturn.core.allocation import (
     CHANNEL_LIFETIME,
     CHANNEL_MAX,
     CHANNEL_MIN,
@@ -33,31 +42,27 @@ from pyturn.allocation import (
     RESERVATION_LIFETIME,
     Allocation,
     ChannelBinding,
-    DeadlineHeap,
-    DeadlineKind,
     FiveTuple,
     Transport,
 )
-from pyturn.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
-from pyturn.config import Config
-from pyturn.errors import StunDecodeError, TurnError
-from pyturn.policy import PeerPolicy, Verdict
-from pyturn.ports import PortPool
-from pyturn.ratelimit import SourceLimiter
-from pyturn.stats import MALFORMED, RATE_LIMITED, CoreStats
-from pyturn.stun import (
-    Address,
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
+from pyturn.core.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
+from pyturn.core.events import (
+    AllocationCreated,
+    AllocationDeleted,
+    AllocationRefreshed,
+    AuthFailed,
+    ChannelBound,
+    PermissionInstalled,
 )
-
-log = logging.getLogger(__name__)
+from pyturn.core.policy import PeerPolicy, Verdict
+from pyturn.core.ports import PortPool
+from pyturn.core.ratelimit import SourceLimiter
+from pyturn.core.stats import MALFORMED, RATE_LIMITED, CoreStats
+from pyturn.core.timers import DeadlineHeap, DeadlineKind
+from pyturn.errors import StunDecodeError, TurnError
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 # RFC 8489 §6.3.1: keep a transaction's answer for 40 s, the whole time a client may retransmit (Ti = 39.5 s).
 RESPONSE_CACHE_LIFETIME = 40.0
@@ -72,116 +77,6 @@ _TOKEN_MAC = 3  # bytes of MAC in the 8-byte token: forging one only names a por
 LEGACY_CHANNEL_MAX = 0x7FFF  # RFC 5766 §11's top channel number (LegacyChannelNumbers)
 AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
 
-
-# ----------------------------------------------------------------------------------------------- actions
-@dataclass(frozen=True, slots=True)
-class SendToClient:
-    """Send on the client's 5-tuple (UDP: from the listener bound at five_tuple.server; TCP/TLS: its stream)."""
-
-    five_tuple: FiveTuple
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendFrom:
-    """UDP only: send from the listener bound at `source` to `destination` (RFC 5780 alternate address)."""
-
-    source: Address
-    destination: Address
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class OpenRelay:
-    """Bind a UDP relay socket at (host, port); host may be a wildcard, then bind the address the client reached.
-
-    reserve_next (EVEN-PORT with R, RFC 8656 §7.2): also bind port+1 on the same address and hold that socket for
-    the RESERVATION-TOKEN; when either bind fails with EADDRINUSE, report the port that failed. reserved: `port`
-    is a redeemed token's; take over the socket held for it if this process holds one, else bind it.
-    """
-
-    token: int
-    five_tuple: FiveTuple
-    family: int
-    host: str
-    port: int
-    dont_fragment: bool
-    reserve_next: bool = False
-    reserved: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ReleasePort:
-    """Close the socket held for a reservation: its token expired or can no longer be redeemed."""
-
-    family: int
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class CloseRelay:
-    handle: Any
-
-
-@dataclass(frozen=True, slots=True)
-class SendToPeer:
-    handle: Any
-    peer: Address
-    data: bytes
-
-
-# ------------------------------------------------------------------------------------------------ events
-@dataclass(frozen=True, slots=True)
-class AllocationCreated:
-    five_tuple: FiveTuple
-    username: str
-    relayed: Address
-    lifetime: int
-
-
-@dataclass(frozen=True, slots=True)
-class AllocationRefreshed:
-    five_tuple: FiveTuple
-    lifetime: int
-
-
-@dataclass(frozen=True, slots=True)
-class AllocationDeleted:
-    five_tuple: FiveTuple
-    reason: str  # "refresh", "expired", "closed", "shutdown"
-    handle: Any
-
-
-@dataclass(frozen=True, slots=True)
-class PermissionInstalled:
-    five_tuple: FiveTuple
-    ip: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelBound:
-    five_tuple: FiveTuple
-    channel: int
-    peer: Address
-
-
-@dataclass(frozen=True, slots=True)
-class AuthFailed:
-    five_tuple: FiveTuple
-    code: int
-    username: str | None
-    reason: str = ""  # why (pyturn.stats.AUTH_FAILURE_REASONS, e.g. "expired_credentials"); never the secret
-
-
-Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
-Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | ReleasePort | Event
-
-
-class RelayFailure(Enum):
-    PORT_IN_USE = "port in use"
-    FAMILY_UNAVAILABLE = "address family unavailable"
-    DONT_FRAGMENT = "DF cannot be set"  # the socket option failed: the relay is not kept
-    OTHER = "bind failed"
 
 
 @dataclass(slots=True)
@@ -242,7 +137,7 @@ class TurnServerCore:
         secret: bytes | None = None,
         policy: PeerPolicy | None = None,
         rng: random.Random | None = None,
-        randbytes: Callable[[int], bytes] = os.urandom,
+        randbytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.config = config
         self._users = users
@@ -401,11 +296,6 @@ class TurnServerCore:
         allocation.scheduled = allocation.expires
         self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
         self.stats.allocation_created(five_tuple.transport.value, pending.family)
-        log.info(
-            "allocation %s:%d/%s for %r relayed at %s:%d for %ds",
-            five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value,
-            credentials.username, relayed[0], relayed[1], pending.lifetime,
-        )
         response = self._success(pending.request)
         response.add(Attr.XOR_RELAYED_ADDRESS, relayed)
         response.add(Attr.LIFETIME, pending.lifetime)
@@ -964,10 +854,6 @@ class TurnServerCore:
         allocation.channel_for_peer.clear()
         self._ports.release(allocation.relayed[1])
         released = self._release_reservation(allocation.reserved_port) if allocation.reserved_port else []
-        log.info(
-            "allocation %s:%d/%s deleted (%s)",
-            five_tuple.client[0], five_tuple.client[1], five_tuple.transport.value, reason,
-        )
         handle = allocation.relay_handle
         # Stale deadline entries may still point at this object until the heap is compacted: hold nothing big.
         allocation.relay_handle = None

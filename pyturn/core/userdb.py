@@ -7,28 +7,24 @@ Two line formats are accepted, detected line by line:
 * Apache htdigest's ``user:realm:HA1`` (what ``htdigest`` writes), always hashed.
 
 HA1 = MD5(username ":" realm ":" password) is the RFC 8489 §9.2.2 long-term key (16 raw bytes).
-Parsing is pure; only :func:`load_user_file` touches the file system. A bad line never raises: it is
+Parsing is pure; pyturn.files.userfile.load_user_file reads the file. A bad line never raises: it is
 reported as a :class:`UserProblem` and skipped. Problem messages never contain passwords or HA1 values.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from pyturn.errors import UserDBError
-
 __all__ = [
     "UserDB",
     "UserProblem",
     "UserState",
     "htdigest_line",
-    "load_user_file",
     "parse_user_lines",
     "user_line_identity",
 ]
@@ -292,16 +288,3 @@ def _split_lines(text: str) -> list[str]:
         lines.pop()
     return lines
 
-
-def load_user_file(path: str | os.PathLike[str], *, hashed: bool) -> tuple[UserDB, list[UserProblem]]:
-    """Read and parse a user file. Raises UserDBError only if the file cannot be read at all."""
-    source = os.fspath(path)
-    try:
-        with open(source, "rb") as stream:
-            data = stream.read()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise UserDBError(f"cannot read user file {source}: {reason}") from exc
-    text = data.decode("utf-8", "surrogateescape")
-    text = text.removeprefix("\ufeff")  # a byte-order mark left by an editor is not part of the first login
-    return parse_user_lines(_split_lines(text), source=source, hashed=hashed)
