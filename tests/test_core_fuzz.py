@@ -86,7 +86,7 @@ def check_invariants(core: TurnServerCore, now: float) -> None:
             assert allocation.channels[channel].peer == peer
     assert sum(core._per_user.values()) == len(allocations)
     live_handles = {allocation.relay_handle for allocation in allocations.values()}
-    for table in core._routes.values():
+    for table in core.route_table.listeners():
         for (client, channel), (handle, peer) in table.items():
             assert handle in live_handles
             allocation = core.allocation_for_handle(handle)

@@ -29,7 +29,7 @@ from interop import (
     write_config,
 )
 
-import pyturn.core.dispatch
+import pyturn.core.reservations
 from pyturn.server import Server, ephemeral_overlap, loopback_config
 from pyturn.wire.message import Attr, Method
 
@@ -113,7 +113,7 @@ async def test_reserved_port_is_bound_until_redeemed_then_relays(held_ports: set
 
 
 async def test_reserved_port_is_released_when_the_token_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pyturn.core.dispatch, "RESERVATION_LIFETIME", 1.0)
+    monkeypatch.setattr(pyturn.core.reservations, "RESERVATION_LIFETIME", 1.0)
     async with Server(_config(), users={USERNAME: PASSWORD}, transports=("udp",)) as server:
         with MiniTurnClient(server.addresses["udp"][0]) as rtp:
             response = await rtp.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17), (Attr.EVEN_PORT, True))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient
 
-import pyturn.core.dispatch
+import pyturn.core.permissions
 from pyturn.server import TICK_INTERVAL, Server, loopback_config
 from pyturn.wire.codec import decode_message
 from pyturn.wire.framing import decode_channel_data, encode_channel_data
@@ -81,7 +81,7 @@ async def _bound_client(server: Server, client: MiniTurnClient, peer: socket.soc
 async def test_fast_path_stops_relaying_a_channel_within_one_tick_of_its_expiry(
     monkeypatch: pytest.MonkeyPatch, peer_socket: socket.socket
 ) -> None:
-    monkeypatch.setattr(pyturn.core.dispatch, "CHANNEL_LIFETIME", SHORT_LIFETIME)
+    monkeypatch.setattr(pyturn.core.permissions, "CHANNEL_LIFETIME", SHORT_LIFETIME)
     async with Server(loopback_config(), users={USERNAME: PASSWORD}, transports=("udp",)) as server:
         assert server.core is not None
         with MiniTurnClient(server.addresses["udp"][0]) as client:
@@ -101,7 +101,7 @@ async def test_fast_path_stops_relaying_a_channel_within_one_tick_of_its_expiry(
 async def test_fast_path_stops_relaying_a_channel_whose_permission_expired_within_one_tick(
     monkeypatch: pytest.MonkeyPatch, peer_socket: socket.socket
 ) -> None:
-    monkeypatch.setattr(pyturn.core.dispatch, "PERMISSION_LIFETIME", SHORT_LIFETIME)
+    monkeypatch.setattr(pyturn.core.permissions, "PERMISSION_LIFETIME", SHORT_LIFETIME)
     async with Server(loopback_config(), users={USERNAME: PASSWORD}, transports=("udp",)) as server:
         assert server.core is not None
         with MiniTurnClient(server.addresses["udp"][0]) as client:
@@ -124,7 +124,7 @@ async def test_tcp_fast_path_stops_relaying_a_channel_within_one_tick_of_its_exp
     """The same over TCP: StreamConnection's route lookup and the relay's stream write (RFC 8656 §12.5)."""
     from test_interop_tcp_tls import StreamTurnClient
 
-    monkeypatch.setattr(pyturn.core.dispatch, "CHANNEL_LIFETIME", SHORT_LIFETIME)
+    monkeypatch.setattr(pyturn.core.permissions, "CHANNEL_LIFETIME", SHORT_LIFETIME)
     loop = asyncio.get_running_loop()
     last = {"to_peer": 0.0, "channel_to_client": 0.0}
     async with Server(loopback_config(), users={USERNAME: PASSWORD}, transports=("tcp",)) as server:

@@ -218,7 +218,7 @@ def assert_no_state(server: Server) -> None:
     assert core is not None
     assert server.allocation_count() == 0
     assert not core._pending
-    assert all(not table for table in core._routes.values())
+    assert all(not table for table in core.route_table.listeners())
 
 
 # ------------------------------------------------------------------------------------------------ UDP

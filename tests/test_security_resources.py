@@ -421,7 +421,7 @@ def test_security_core_state_returns_to_empty_after_churn() -> None:
     core = harness.core
     assert not core.allocations and not core._by_handle and not core._per_user and not core._pending
     assert len(core._deadlines) == 0
-    assert all(not table for table in core._routes.values())
+    assert all(not table for table in core.route_table.listeners())
     assert core._ports.in_use == 0
 
 

@@ -15,9 +15,15 @@ PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: permissions last 300 s (reTurn: fix
 CHANNEL_LIFETIME = 600.0  # RFC 8656 §12: channel bindings last 10 minutes (reTurn: fixed)
 # RFC 8656 §12: channel numbers 0x4000-0x4FFF; 0x5000-0xFFFF are reserved (RFC 7983 demultiplexing uses the
 # first byte), so ChannelBind outside gets 400 (§11.2) and ChannelData outside is never relayed.
+FAMILY_IPV4 = 1  # RFC 8656 §14.1 address family values (REQUESTED-ADDRESS-FAMILY)
+FAMILY_IPV6 = 2
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
 RESERVATION_LIFETIME = 30.0  # RFC 8656 §7.2: a reserved port is held for about 30 s
+
+
+def family_of(host: str) -> int:
+    return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
 
 
 class Transport(StrEnum):

@@ -14,101 +14,48 @@ Everything else (STUN, Send/Data indications, unbound channels) goes through han
 
 from __future__ import annotations
 
-import hmac
 import random
 import secrets
-import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from hashlib import sha256
 from typing import Any
 
 from pyturn.config import Config
 from pyturn.core.actions import (
     Action,
     CloseRelay,
-    OpenRelay,
     RelayFailure,
     ReleasePort,
-    SendFrom,
     SendToClient,
-    SendToPeer,
 )
+from pyturn.core.allocate import PendingAllocation, allocate, open_relay
 from pyturn.core.allocation import (
-    CHANNEL_LIFETIME,
-    CHANNEL_MAX,
-    CHANNEL_MIN,
-    PERMISSION_LIFETIME,
-    RESERVATION_LIFETIME,
+    FAMILY_IPV6,
     Allocation,
-    ChannelBinding,
     FiveTuple,
     Transport,
 )
 from pyturn.core.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
+from pyturn.core.binding import handle_binding
+from pyturn.core.data import handle_channel_data, handle_send
 from pyturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
-    AllocationRefreshed,
     AuthFailed,
-    ChannelBound,
-    PermissionInstalled,
 )
+from pyturn.core.permissions import channel_bind, create_permission
 from pyturn.core.policy import PeerPolicy, Verdict
 from pyturn.core.ports import PortPool
 from pyturn.core.ratelimit import SourceLimiter
+from pyturn.core.refresh import refresh
+from pyturn.core.reservations import Reservation, release_reservation, reserve
+from pyturn.core.routes import RouteTable
 from pyturn.core.stats import MALFORMED, RATE_LIMITED, CoreStats
 from pyturn.core.timers import DeadlineHeap, DeadlineKind
+from pyturn.core.transactions import error_response_for, reply, success_response, unknown_attributes_response
 from pyturn.errors import StunDecodeError, TurnError
 from pyturn.wire.codec import decode_message, encode_message
-from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.framing import encode_channel_data
 from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
-
-# RFC 8489 §6.3.1: keep a transaction's answer for 40 s, the whole time a client may retransmit (Ti = 39.5 s).
-RESPONSE_CACHE_LIFETIME = 40.0
-RESPONSES_KEPT = 8  # per allocation: a client has only a few transactions outstanding at once
-UDP_PROTOCOL = 17  # RFC 8656 §14.7 REQUESTED-TRANSPORT value for UDP
-FAMILY_IPV4 = 1
-FAMILY_IPV6 = 2
-CHANGE_IP = 0x04  # RFC 5780 §7.2 CHANGE-REQUEST flags
-CHANGE_PORT = 0x02
-_TOKEN_BODY = struct.Struct("!HHB")  # relay port, issue time (seconds, mod 2**16), address family
-_TOKEN_MAC = 3  # bytes of MAC in the 8-byte token: forging one only names a port, it authorises nothing
-LEGACY_CHANNEL_MAX = 0x7FFF  # RFC 5766 §11's top channel number (LegacyChannelNumbers)
-AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
-
-
-
-@dataclass(slots=True)
-class _PendingAllocation:
-    request: Message
-    five_tuple: FiveTuple
-    credentials: Credentials
-    lifetime: int
-    family: int
-    host: str
-    port: int
-    dont_fragment: bool
-    even: bool
-    reserve_next: bool
-    from_reservation: bool
-    attempts: int = 1
-
-    def release_ports(self, ports: PortPool) -> None:
-        ports.release(self.port)
-        if self.reserve_next:
-            ports.release(self.port + 1)
-
-
-@dataclass(slots=True)
-class _Reservation:
-    port: int
-    expires: float
-    family: int
-
-
-def _family_of(host: str) -> int:
-    return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
 
 
 def _is_loopback(host: str) -> bool:
@@ -124,6 +71,17 @@ def _software_value(config: Config) -> str | None:
         # reTurn pads with spaces to a multiple of 4 for legacy clients (reTurn.md §2.1).
         name += " " * (-len(name.encode("utf-8", "surrogateescape")) % 4)
     return name
+
+
+Handler = Callable[["TurnServerCore", Message, FiveTuple, Credentials, Allocation | None, float], list[Action]]
+"""A TURN request handler: the request, its 5-tuple and credentials, the 5-tuple's allocation, the time."""
+
+_HANDLERS: dict[int, Handler] = {
+    Method.ALLOCATE: allocate,
+    Method.REFRESH: refresh,
+    Method.CREATE_PERMISSION: create_permission,
+    Method.CHANNEL_BIND: channel_bind,
+}
 
 
 class TurnServerCore:
@@ -155,11 +113,11 @@ class TurnServerCore:
         self._allocations: dict[FiveTuple, Allocation] = {}
         self._by_handle: dict[Any, Allocation] = {}
         self._per_user: dict[tuple[str, str], int] = {}
-        self._pending: dict[int, _PendingAllocation] = {}
+        self._pending: dict[int, PendingAllocation] = {}
         self._next_token = 0
-        self._reservations: dict[bytes, _Reservation] = {}
+        self._reservations: dict[bytes, Reservation] = {}
         self._deadlines = DeadlineHeap(self._deadline_current)
-        self._routes: dict[tuple[Transport, Address], dict[tuple[Address, int], tuple[Any, Address]]] = {}
+        self.route_table = RouteTable()  # the fast path's tables, read by the adapter (pyturn.core.routes)
         self._alternate: tuple[Address, Address] | None = None
         self._data_tid_prefix = randbytes(4)
         self._data_tid_counter = 0
@@ -195,7 +153,7 @@ class TurnServerCore:
 
     def routes(self, transport: Transport, server: Address) -> dict[tuple[Address, int], tuple[Any, Address]]:
         """The client -> peer ChannelData route table of one listening address (shared, updated in place)."""
-        return self._routes.setdefault((transport, server), {})
+        return self.route_table.for_listener(transport, server)
 
     @property
     def allocations(self) -> dict[FiveTuple, Allocation]:
@@ -219,7 +177,7 @@ class TurnServerCore:
         if len(data) < 4:
             return []
         if data[0] & 0xC0:
-            return self._handle_channel_data(data, five_tuple, now)
+            return handle_channel_data(self, data, five_tuple, now)
         try:
             message = decode_message(data, keep_invalid=True)
         except StunDecodeError:
@@ -234,7 +192,7 @@ class TurnServerCore:
                     return [SendToClient(five_tuple, cached[1])]
             return self._handle_request(message, five_tuple, now)
         if message.msg_class is MessageClass.INDICATION and message.method == Method.SEND:
-            return self._handle_send(message, five_tuple, now)
+            return handle_send(self, message, five_tuple, now)
         return []  # other indications (Binding keepalives) and responses are ignored
 
     def handle_peer(self, handle: Any, data: bytes, peer: Address, now: float) -> list[Action]:
@@ -268,11 +226,7 @@ class TurnServerCore:
             return [CloseRelay(handle), *held]
         reservation_token: bytes | None = None
         if pending.reserve_next:
-            reservation_token = self._reservation_token(bound[1] + 1, pending.family, now)
-            self._reservations[reservation_token] = _Reservation(
-                bound[1] + 1, now + RESERVATION_LIFETIME, pending.family
-            )
-            self._deadlines.push(now + RESERVATION_LIFETIME, DeadlineKind.RESERVATION, None, reservation_token)
+            reservation_token = reserve(self, bound[1] + 1, pending.family, now)
         external = self.config.external_v6_address if pending.family == FAMILY_IPV6 else self.config.external_address
         relayed = (external, bound[1]) if external else bound
         if bound[0] not in self.policy.relay_addresses:
@@ -296,14 +250,14 @@ class TurnServerCore:
         allocation.scheduled = allocation.expires
         self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
         self.stats.allocation_created(five_tuple.transport.value, pending.family)
-        response = self._success(pending.request)
+        response = success_response(pending.request)
         response.add(Attr.XOR_RELAYED_ADDRESS, relayed)
         response.add(Attr.LIFETIME, pending.lifetime)
         if reservation_token is not None:
             response.add(Attr.RESERVATION_TOKEN, reservation_token)
         response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
         return [
-            self._reply(pending.request, response, five_tuple, credentials.key),
+            reply(self, pending.request, response, five_tuple, credentials.key),
             AllocationCreated(five_tuple, credentials.username, relayed, pending.lifetime),
         ]
 
@@ -330,7 +284,7 @@ class TurnServerCore:
                 if port is not None:
                     pending.port = port
                     pending.attempts += 1
-                    return [self._open_relay(pending)]
+                    return [open_relay(self, pending)]
             error = TurnError(508, "Insufficient Capacity")
         else:
             pending.release_ports(self._ports)
@@ -339,15 +293,15 @@ class TurnServerCore:
             elif failure is RelayFailure.DONT_FRAGMENT:
                 # RFC 8656 §7.2: a DONT-FRAGMENT the server cannot honour is treated as an unknown
                 # comprehension-required attribute: 420 listing it.
-                response = self._error(pending.request, TurnError(420, "Unknown Attribute"))
+                response = error_response_for(pending.request, TurnError(420, "Unknown Attribute"))
                 response.add(Attr.UNKNOWN_ATTRIBUTES, (Attr.DONT_FRAGMENT,))
                 response.add(Attr.XOR_MAPPED_ADDRESS, pending.five_tuple.client)
-                return [self._reply(pending.request, response, pending.five_tuple, pending.credentials.key)]
+                return [reply(self, pending.request, response, pending.five_tuple, pending.credentials.key)]
             else:
                 error = TurnError(508, "Insufficient Capacity")
-        response = self._error(pending.request, error)
+        response = error_response_for(pending.request, error)
         response.add(Attr.XOR_MAPPED_ADDRESS, pending.five_tuple.client)
-        return [self._reply(pending.request, response, pending.five_tuple, pending.credentials.key)]
+        return [reply(self, pending.request, response, pending.five_tuple, pending.credentials.key)]
 
     def connection_closed(self, five_tuple: FiveTuple, now: float) -> list[Action]:
         """A TCP/TLS client went away: its allocation dies with it (RFC 8656 §7)."""
@@ -392,14 +346,11 @@ class TurnServerCore:
             del permissions[ip]
         lapsed = [binding for binding in allocation.channels.values() if binding.expires <= now]
         if lapsed:
-            # _sync_routes only visits live channels: drop the lapsed ones' fast-path entries here.
-            five_tuple = allocation.five_tuple
-            table = self.routes(five_tuple.transport, five_tuple.server)
             for binding in lapsed:
                 del allocation.channels[binding.channel]
-                table.pop((five_tuple.client, binding.channel), None)
+            self.route_table.drop_channels(allocation, lapsed)
         if lapsed or lapsed_ips:
-            self._sync_routes(allocation, now)
+            self.route_table.sync(allocation, now)
         allocation.peers_scheduled = allocation.next_peer_expiry()
         if allocation.peers_scheduled != float("inf"):
             self._deadlines.push(allocation.peers_scheduled, DeadlineKind.PEERS, allocation)
@@ -448,11 +399,11 @@ class TurnServerCore:
     def _handle_request(self, request: Message, five_tuple: FiveTuple, now: float) -> list[Action]:
         method = request.method
         if method == Method.BINDING:
-            return self._handle_binding(request, five_tuple)
+            return handle_binding(self, request, five_tuple)
         if method == Method.SHARED_SECRET:
             # RFC 3489 §9.2: only over TLS; reTurn's TLS credentials are usable nowhere, so pyturn refuses both.
             return self._refuse(request, five_tuple, TurnError(433, "TLS Required"))
-        handler = self._handlers.get(method)
+        handler = _HANDLERS.get(method)
         if handler is None:
             return self._refuse(request, five_tuple, TurnError(400, "Bad Request"))
         allocation = self._allocations.get(five_tuple)
@@ -480,18 +431,18 @@ class TurnServerCore:
         # RFC 8656 §7.2 (and each method's checks): a known attribute whose value is malformed, such as a
         # REQUESTED-TRANSPORT of the wrong length, makes the request bad -> 400, once it is authenticated.
         if request.invalid_attributes:
-            return [self._reply(request, self._error(request, TurnError(400, "Bad Request")), five_tuple,
+            return [reply(self, request, error_response_for(request, TurnError(400, "Bad Request")), five_tuple,
                                 credentials.key)]
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
-            return [self._reply(request, self._unknown_attributes(request), five_tuple, credentials.key)]
+            return [reply(self, request, unknown_attributes_response(request), five_tuple, credentials.key)]
         try:
             return handler(self, request, five_tuple, credentials, allocation, now)
         except TurnError as error:
-            response = self._error(request, error)
+            response = error_response_for(request, error)
             if method == Method.ALLOCATE:
                 response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
-            return [self._reply(request, response, five_tuple, credentials.key)]
+            return [reply(self, request, response, five_tuple, credentials.key)]
 
     def _refuse(self, request: Message, five_tuple: FiveTuple, error: TurnError) -> list[Action]:
         """An error answer before authentication, limited per source IP on UDP (anchors.md §5.4 case 31)."""
@@ -504,304 +455,27 @@ class TurnServerCore:
         ):
             self.stats.auth_failure(RATE_LIMITED)
             return []
-        response = self._error(request, error)
+        response = error_response_for(request, error)
         if isinstance(error, Challenge):
             # RFC 8489 §9.2.4: 401 and 438 carry the REALM and a fresh NONCE.
             response.add(Attr.REALM, self.config.authentication_realm)
             response.add(Attr.NONCE, self._nonces.issue(self._now))
-        return [self._reply(request, response, five_tuple, None)]
+        return [reply(self, request, response, five_tuple, None)]
 
-    def _handle_binding(self, request: Message, five_tuple: FiveTuple) -> list[Action]:
-        """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (reTurn.md §6.3)."""
-        client = five_tuple.client
-        if request.invalid_attributes:
-            return []  # unauthenticated: a malformed Binding stays unanswered (RFC 8489 §6.3)
-        if request.unknown_required:
-            return [self._reply(request, self._unknown_attributes(request), five_tuple, None)]
-        if self._alternate is None and not request.classic and request.has(Attr.CHANGE_REQUEST):
-            # RFC 5780 §6.1: without an alternate address CHANGE-REQUEST cannot be honoured -> 420. Classic RFC 3489
-            # clients get their answer with the flag ignored, as reTurn does.
-            response = self._error(request, TurnError(420, "Unknown Attribute"))
-            response.add(Attr.UNKNOWN_ATTRIBUTES, (Attr.CHANGE_REQUEST,))
-            return [self._reply(request, response, five_tuple, None)]
-        response = self._success(request)
-        # RFC 3489 clients (no magic cookie) only understand MAPPED-ADDRESS.
-        response.add(Attr.MAPPED_ADDRESS if request.classic else Attr.XOR_MAPPED_ADDRESS, client)
-        alternate = self._alternate
-        if alternate is None or five_tuple.transport is not Transport.UDP or ":" in five_tuple.server[0]:
-            return [self._reply(request, response, five_tuple, None)]
-        (primary_ip, primary_port), (other_ip, other_port) = alternate
-        here_ip, here_port = five_tuple.server
-        if here_ip not in (primary_ip, other_ip) or here_port not in (primary_port, other_port):
-            return [self._reply(request, response, five_tuple, None)]
-        swap_ip = other_ip if here_ip == primary_ip else primary_ip
-        swap_port = other_port if here_port == primary_port else primary_port
-        flags = request.get(Attr.CHANGE_REQUEST, 0)
-        source = (swap_ip if flags & CHANGE_IP else here_ip, swap_port if flags & CHANGE_PORT else here_port)
-        changed = (swap_ip, swap_port)
-        destination = client
-        if request.classic:
-            response.add(Attr.SOURCE_ADDRESS, source).add(Attr.CHANGED_ADDRESS, changed)
-            target = request.get(Attr.RESPONSE_ADDRESS)
-            # RESPONSE-ADDRESS is honoured only towards the requester's own IP: no reflection to third parties.
-            if target is not None and target[0] == client[0]:
-                destination = target
-                response.add(Attr.REFLECTED_FROM, client)
-        else:
-            response.add(Attr.RESPONSE_ORIGIN, source).add(Attr.OTHER_ADDRESS, changed)
-            port = request.get(Attr.RESPONSE_PORT)
-            if port is not None:
-                destination = (client[0], port)  # RFC 5780 §7.5: same IP, another port
-        data = self._encode(request, response, None)
-        return [SendFrom(source, destination, data)]
 
-    def _allocate(
-        self,
-        request: Message,
-        five_tuple: FiveTuple,
-        credentials: Credentials,
-        allocation: Allocation | None,
-        now: float,
-    ) -> list[Action]:
-        """RFC 8656 §7.2 (and RFC 6156 §4.2 for the address family)."""
-        config = self.config
-        # §7.2 step 2: a 5-tuple already allocated -> 437 (a retransmission was answered from the cache).
-        if allocation is not None:
-            raise TurnError(437, "Allocation Mismatch")
-        for waiting in self._pending.values():
-            if waiting.five_tuple == five_tuple:
-                if waiting.request.transaction_id == request.transaction_id:
-                    return []  # retransmitted while the relay is being opened: the answer is on its way
-                raise TurnError(437, "Allocation Mismatch")
-        # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP.
-        transport = request.get(Attr.REQUESTED_TRANSPORT)
-        if transport is None:
-            raise TurnError(400, "Bad Request")
-        if transport != UDP_PROTOCOL:
-            raise TurnError(442, "Unsupported Transport Protocol")
-        even_port = request.get(Attr.EVEN_PORT)
-        token = request.get(Attr.RESERVATION_TOKEN)
-        family_requested = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT or REQUESTED-ADDRESS-FAMILY together with RESERVATION-TOKEN -> 400.
-        if token is not None and (even_port is not None or family_requested is not None):
-            raise TurnError(400, "Bad Request")
-        if family_requested is not None and family_requested not in (FAMILY_IPV4, FAMILY_IPV6):
-            raise TurnError(440, "Address Family not Supported")
-        # RFC 8656 §7.2 / RFC 6156 §4.2: without REQUESTED-ADDRESS-FAMILY the relay is IPv4, whichever listener
-        # the client reached (reTurn gives an IPv6 relay on its IPv6 listener).
-        family = family_requested or FAMILY_IPV4
-        # §7.2 step 6 (RFC 8656 §7.2 "486 Allocation Quota Reached").
-        user = (credentials.username, credentials.realm)
-        if config.max_allocations_per_user and self._per_user.get(user, 0) >= config.max_allocations_per_user:
-            raise TurnError(486, "Allocation Quota Reached")
-        if config.max_allocations and len(self._allocations) + len(self._pending) >= config.max_allocations:
-            # Server-wide capacity, not a user's quota: RFC 8656 §7.2 "508 Insufficient Capacity" (try elsewhere).
-            raise TurnError(508, "Insufficient Capacity")
-        lifetime = self._lifetime(request)
-        reserve_next = bool(even_port)
-        if token is not None:
-            # RFC 8656 §7.2: the relay takes the reserved port, in the family of the allocation that reserved it.
-            port: int | None
-            port, family = self._redeem(token, now)
-        else:
-            port = self._ports.take(now, even=even_port is not None, with_next=reserve_next)
-        if port is None:
-            raise TurnError(508, "Insufficient Capacity")
-        pending = _PendingAllocation(
-            request=request,
-            five_tuple=five_tuple,
-            credentials=credentials,
-            lifetime=lifetime,
-            family=family,
-            host=self._relay_host(family, five_tuple),
-            port=port,
-            dont_fragment=request.has(Attr.DONT_FRAGMENT),
-            even=even_port is not None,
-            reserve_next=reserve_next,
-            from_reservation=token is not None,
-        )
-        return [self._open_relay(pending)]
 
-    def _refresh(
-        self,
-        request: Message,
-        five_tuple: FiveTuple,
-        credentials: Credentials,
-        allocation: Allocation | None,
-        now: float,
-    ) -> list[Action]:
-        """RFC 8656 §7.3."""
-        assert allocation is not None
-        self._check_owner(allocation, credentials)
-        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and family != allocation.family:
-            raise TurnError(443, "Peer Address Family Mismatch")
-        response = self._success(request)
-        if request.get(Attr.LIFETIME) == 0:
-            actions = self._delete(allocation, "refresh")
-            response.add(Attr.LIFETIME, 0)
-            return [self._reply(request, response, five_tuple, credentials.key), *actions]
-        lifetime = self._lifetime(request)
-        allocation.expires = now + lifetime
-        if allocation.expires < allocation.scheduled:  # a shorter lifetime: the scheduled entry would fire late
-            allocation.scheduled = allocation.expires
-            self._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
-            self._deadlines.note_stale()
-        response.add(Attr.LIFETIME, lifetime)
-        return [self._reply(request, response, five_tuple, credentials.key), AllocationRefreshed(five_tuple, lifetime)]
 
-    def _create_permission(
-        self,
-        request: Message,
-        five_tuple: FiveTuple,
-        credentials: Credentials,
-        allocation: Allocation | None,
-        now: float,
-    ) -> list[Action]:
-        """RFC 8656 §9.2: every XOR-PEER-ADDRESS is checked before any permission is installed."""
-        assert allocation is not None
-        self._check_owner(allocation, credentials)
-        peers = request.get_all(Attr.XOR_PEER_ADDRESS)
-        if not peers:
-            raise TurnError(400, "Bad Request")
-        for peer in peers:
-            # A permission covers every port of the IP (RFC 8656 §9): the port is checked when data flows.
-            self._check_peer(allocation, peer, port=None)
-        cap = self.config.max_permissions_per_allocation
-        if cap and len(allocation.permissions.keys() | {peer[0] for peer in peers}) > cap:
-            raise TurnError(508, "Insufficient Capacity")  # anchors.md §5.5 case 36
-        actions: list[Action] = []
-        for peer in peers:
-            if self._install_permission(allocation, peer[0], now):
-                actions.append(PermissionInstalled(five_tuple, peer[0]))
-        self._sync_routes(allocation, now)
-        return [self._reply(request, self._success(request), five_tuple, credentials.key), *actions]
 
-    def _channel_bind(
-        self,
-        request: Message,
-        five_tuple: FiveTuple,
-        credentials: Credentials,
-        allocation: Allocation | None,
-        now: float,
-    ) -> list[Action]:
-        """RFC 8656 §11.2 (channel numbers 0x4000-0x4FFF, RFC 8656 §12)."""
-        assert allocation is not None
-        self._check_owner(allocation, credentials)
-        channel = request.get(Attr.CHANNEL_NUMBER)
-        peer = request.get(Attr.XOR_PEER_ADDRESS)
-        if channel is None or peer is None:
-            raise TurnError(400, "Bad Request")
-        if not CHANNEL_MIN <= channel <= (LEGACY_CHANNEL_MAX if self.config.legacy_channel_numbers else CHANNEL_MAX):
-            raise TurnError(400, "Bad Request")
-        self._check_peer(allocation, peer, port=peer[1])
-        bound = allocation.channels.get(channel)
-        if bound is not None and bound.peer != peer:
-            raise TurnError(400, "Bad Request")  # channel bound to another peer
-        if bound is None and any(binding.peer == peer for binding in allocation.channels.values()):
-            raise TurnError(400, "Bad Request")  # peer bound to another channel (at most a few dozen to scan)
-        config = self.config
-        if bound is None and config.max_channels_per_allocation and (
-            len(allocation.channels) >= config.max_channels_per_allocation
-        ):
-            raise TurnError(508, "Insufficient Capacity")
-        if (
-            config.max_permissions_per_allocation
-            and peer[0] not in allocation.permissions
-            and len(allocation.permissions) >= config.max_permissions_per_allocation
-        ):
-            raise TurnError(508, "Insufficient Capacity")
-        actions: list[Action] = []
-        if bound is None:
-            bound = ChannelBinding(channel, peer, now + CHANNEL_LIFETIME)
-            allocation.channels[channel] = bound
-            actions.append(ChannelBound(five_tuple, channel, peer))
-            self._schedule_peers(allocation, bound.expires)
-        else:
-            bound.expires = now + CHANNEL_LIFETIME  # the scheduled PEERS entry fires early and is pushed again
-        # §11.2: binding a channel installs or refreshes the permission for the peer's IP.
-        if self._install_permission(allocation, peer[0], now):
-            actions.append(PermissionInstalled(five_tuple, peer[0]))
-        self._sync_routes(allocation, now)
-        return [self._reply(request, self._success(request), five_tuple, credentials.key), *actions]
 
-    _handlers: dict[int, Callable[..., list[Action]]] = {
-        Method.ALLOCATE: _allocate,
-        Method.REFRESH: _refresh,
-        Method.CREATE_PERMISSION: _create_permission,
-        Method.CHANNEL_BIND: _channel_bind,
-    }
 
     # ------------------------------------------------------------------------------------ client data
-    def _handle_send(self, indication: Message, five_tuple: FiveTuple, now: float) -> list[Action]:
-        """RFC 8656 §11.2/§11.3: Send indications are never answered; anything wrong drops them."""
-        allocation = self._allocations.get(five_tuple)
-        if allocation is None or indication.unknown_required or indication.invalid_attributes:
-            return []
-        peer = indication.get(Attr.XOR_PEER_ADDRESS)
-        data = indication.get(Attr.DATA)
-        if peer is None or data is None or _family_of(peer[0]) != allocation.family:
-            return []
-        if not allocation.has_permission(peer[0], now) or not self.policy.allows(peer[0], peer[1]):
-            return []
-        return [SendToPeer(allocation.relay_handle, peer, data)]
 
-    def _handle_channel_data(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:
-        allocation = self._allocations.get(five_tuple)
-        if allocation is None:
-            return []
-        try:
-            channel, payload = decode_channel_data(data)
-        except StunDecodeError:
-            return []
-        binding = allocation.channels.get(channel)
-        if binding is None or binding.expires <= now or not allocation.has_permission(binding.peer[0], now):
-            return []
-        return [SendToPeer(allocation.relay_handle, binding.peer, payload)]
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _lifetime(self, request: Message) -> int:
-        """reTurn's arithmetic (reTurn.md §6.5 step 9): the default is also the floor, the maximum the cap."""
-        default = self.config.default_allocation_lifetime
-        maximum = self.config.max_allocation_lifetime
-        requested: int | None = request.get(Attr.LIFETIME)
-        if requested is None or requested <= default:
-            return default
-        return min(requested, maximum)
 
-    def _relay_host(self, family: int, five_tuple: FiveTuple) -> str:
-        config = self.config
-        configured = config.relay_v6_address if family == FAMILY_IPV6 else config.relay_address
-        if configured:
-            return configured
-        server_host = five_tuple.server[0]
-        if _family_of(server_host) == family:
-            return server_host  # may be a wildcard: the adapter then binds the address the client reached
-        if family == FAMILY_IPV6:
-            return config.turn_v6_address if _family_of(config.turn_v6_address) == FAMILY_IPV6 else "::"
-        return config.turn_address if _family_of(config.turn_address) == FAMILY_IPV4 else "0.0.0.0"
 
-    def _open_relay(self, pending: _PendingAllocation) -> OpenRelay:
-        self._next_token += 1
-        self._pending[self._next_token] = pending
-        return OpenRelay(
-            self._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment,
-            reserve_next=pending.reserve_next, reserved=pending.from_reservation,
-        )
 
-    @staticmethod
-    def _check_owner(allocation: Allocation, credentials: Credentials) -> None:
-        # RFC 8656 §5 / reTurn: later requests must use the allocation's username and key -> 441.
-        if credentials.username != allocation.username or credentials.key != allocation.key:
-            raise TurnError(441, "Wrong Credentials")
 
-    def _check_peer(self, allocation: Allocation, peer: Address, *, port: int | None) -> None:
-        """443 for the other family, 403 for a peer the policy refuses (RFC 8656 §9.2 and §11.2)."""
-        if _family_of(peer[0]) != allocation.family:
-            raise TurnError(443, "Peer Address Family Mismatch")  # RFC 6156 §5
-        policy = self.policy
-        if not (policy.allows_permission(peer[0]) if port is None else policy.allows(peer[0], port)):
-            raise TurnError(403, "Forbidden")
 
     def _learn_relay_address(self, ip: str) -> None:
         """A relay was bound on an IP the policy did not know as ours (a wildcard listener binds relays on the
@@ -812,27 +486,7 @@ class TurnServerCore:
         else:
             self.policy = self.policy.with_server_addresses(relay=(ip,))
 
-    def _install_permission(self, allocation: Allocation, ip: str, now: float) -> bool:
-        new = ip not in allocation.permissions
-        allocation.permissions[ip] = now + PERMISSION_LIFETIME
-        if new:  # a refresh keeps the scheduled PEERS entry, which is pushed again when it fires early
-            self._schedule_peers(allocation, now + PERMISSION_LIFETIME)
-        return new
 
-    def _sync_routes(self, allocation: Allocation, now: float) -> None:
-        """Rebuild this allocation's fast-path entries: live channels whose peer IP has a permission."""
-        five_tuple = allocation.five_tuple
-        table = self.routes(five_tuple.transport, five_tuple.server)
-        client = five_tuple.client
-        live = allocation.channel_for_peer
-        live.clear()
-        for channel, binding in allocation.channels.items():
-            key = (client, channel)
-            if binding.expires > now and allocation.has_permission(binding.peer[0], now):
-                live[binding.peer] = channel
-                table[key] = (allocation.relay_handle, binding.peer)
-            else:
-                table.pop(key, None)
 
     def _delete(self, allocation: Allocation, reason: str, *, entry_popped: bool = False) -> list[Action]:
         five_tuple = allocation.five_tuple
@@ -848,12 +502,9 @@ class TurnServerCore:
             self._per_user[user] = remaining
         else:
             self._per_user.pop(user, None)
-        table = self.routes(five_tuple.transport, five_tuple.server)
-        for channel in allocation.channels:
-            table.pop((five_tuple.client, channel), None)
-        allocation.channel_for_peer.clear()
+        self.route_table.drop(allocation)
         self._ports.release(allocation.relayed[1])
-        released = self._release_reservation(allocation.reserved_port) if allocation.reserved_port else []
+        released = release_reservation(self, allocation.reserved_port) if allocation.reserved_port else []
         handle = allocation.relay_handle
         # Stale deadline entries may still point at this object until the heap is compacted: hold nothing big.
         allocation.relay_handle = None
@@ -862,95 +513,11 @@ class TurnServerCore:
         allocation.responses.clear()
         return [CloseRelay(handle), *released, AllocationDeleted(five_tuple, reason, handle)]
 
-    def _reservation_token(self, port: int, family: int, now: float) -> bytes:
-        """RFC 8656 §14.9 RESERVATION-TOKEN: port, issue time, family and a MAC, so any worker sharing the secret
-        can check a token another worker issued (SO_REUSEPORT may hash the RTCP allocation to another worker)."""
-        body = _TOKEN_BODY.pack(port, int(now) & 0xFFFF, family)
-        return body + hmac.new(self._secret, b"token" + body, sha256).digest()[:_TOKEN_MAC]
 
-    def _redeem(self, token: bytes, now: float) -> tuple[int, int]:
-        """The (port, address family) a RESERVATION-TOKEN holds, or 508 for a forged, expired or used token."""
-        size = _TOKEN_BODY.size
-        if len(token) != size + _TOKEN_MAC or not hmac.compare_digest(
-            token[size:], hmac.new(self._secret, b"token" + token[:size], sha256).digest()[:_TOKEN_MAC]
-        ):
-            raise TurnError(508, "Insufficient Capacity")
-        port: int
-        issued: int
-        family: int
-        port, issued, family = _TOKEN_BODY.unpack(token[:size])
-        if (int(now) - issued) & 0xFFFF > RESERVATION_LIFETIME:
-            raise TurnError(508, "Insufficient Capacity")
-        reservation = self._reservations.get(token)
-        if reservation is not None:
-            if reservation.expires <= now:
-                raise TurnError(508, "Insufficient Capacity")  # lapsed: the tick releases it and its socket
-            del self._reservations[token]
-            self._deadlines.note_stale()
-            return reservation.port, family  # the port is held by the pool since the even allocation
-        config = self.config
-        if config.allocation_port_range_min <= port <= config.allocation_port_range_max:
-            raise TurnError(508, "Insufficient Capacity")  # ours, and already redeemed or released
-        # Issued by another worker (another slice of the range): its bind tells whether the port is still free.
-        return port, family
 
-    def _release_reservation(self, port: int) -> list[Action]:
-        """The reserving allocation went away: its unredeemed reservation goes too (RFC 8656 §7.2)."""
-        for token, reservation in list(self._reservations.items()):
-            if reservation.port == port:
-                del self._reservations[token]
-                self._deadlines.note_stale()
-                self._ports.release(port)
-                return [ReleasePort(reservation.family, port)]
-        return []
 
     # ---------------------------------------------------------------------------------------- responses
-    @staticmethod
-    def _success(request: Message) -> Message:
-        return Message(request.method, MessageClass.SUCCESS, request.transaction_id)
 
-    @classmethod
-    def _unknown_attributes(cls, request: Message) -> Message:
-        """RFC 8489 §6.3.1.1: 420 listing each unknown comprehension-required attribute once."""
-        response = cls._error(request, TurnError(420, "Unknown Attribute"))
-        response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(dict.fromkeys(request.unknown_required)))
-        return response
 
-    @staticmethod
-    def _error(request: Message, error: TurnError) -> Message:
-        response = Message(request.method, MessageClass.ERROR, request.transaction_id)
-        response.add(Attr.ERROR_CODE, (error.code, error.reason))
-        return response
 
-    def _encode(self, request: Message, response: Message, key: bytes | None) -> bytes:
-        if response.msg_class is MessageClass.ERROR:
-            self.stats.error_response(response.method, response.get(Attr.ERROR_CODE)[0])
-        software = self._software
-        if software is not None:
-            response.add(Attr.SOFTWARE, software)
-        # RFC 8489 §14.7 / reTurn: FINGERPRINT is mirrored when the request carried one.
-        data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
-        if key is None and software is not None and len(data) > AMPLIFICATION_LIMIT * len(request.raw):
-            # An unauthenticated answer may not amplify more than 3x: SOFTWARE is the first thing left out.
-            response.attributes.pop()
-            data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
-        return data
 
-    def _reply(self, request: Message, response: Message, five_tuple: FiveTuple, key: bytes | None) -> SendToClient:
-        """Encode a response; authenticated ones carry MESSAGE-INTEGRITY and are kept for retransmissions.
-
-        The cache lives on the allocation, so it goes with it: nothing is kept for unauthenticated requests, and a
-        retransmitted Refresh(LIFETIME 0) after the deletion gets 437, which RFC 8656 §7.3 tells clients to take
-        as success. Unauthenticated and allocation-less answers are recomputed, with the same result.
-        """
-        data = self._encode(request, response, key)
-        if key is not None:
-            allocation = self._allocations.get(five_tuple)
-            if allocation is not None:
-                responses = allocation.responses
-                if not responses:
-                    self._deadlines.push(self._now + RESPONSE_CACHE_LIFETIME, DeadlineKind.RESPONSES, allocation)
-                elif len(responses) >= RESPONSES_KEPT:
-                    del responses[next(iter(responses))]  # the oldest
-                responses[request.transaction_id] = (self._now + RESPONSE_CACHE_LIFETIME, data)
-        return SendToClient(five_tuple, data)
