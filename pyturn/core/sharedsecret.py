@@ -21,6 +21,7 @@ from typing import cast
 
 from pyturn.core.auth import KeyCandidates, PlainUserLookup, UserLookup
 from pyturn.errors import PyturnError
+from pyturn.wire.integrity import long_term_key
 
 __all__ = [
     "DEFAULT_SEPARATOR",
@@ -68,11 +69,6 @@ def username_expiry(username: str, separator: str = DEFAULT_SEPARATOR) -> int | 
     return int(head)
 
 
-def _long_term_key(username: str, realm: str, password: str) -> bytes:
-    text = f"{username}:{realm}:{password}".encode("utf-8", "surrogateescape")
-    return hashlib.md5(text, usedforsecurity=False).digest()  # RFC 8489 §9.2.2 mandates MD5
-
-
 class SharedSecrets:
     """The secrets in force for one realm; a TimedUserLookup (pyturn.auth) for the core.
 
@@ -117,7 +113,7 @@ class SharedSecrets:
         expiry = username_expiry(username, self._separator)
         if expiry is None:
             return KeyCandidates()
-        keys = tuple(_long_term_key(username, realm, rest_password(secret, username)) for secret in self._secrets)
+        keys = tuple(long_term_key(username, realm, rest_password(secret, username)) for secret in self._secrets)
         # draft-uberti-behave-turn-rest-00 §2.2: the credentials are valid until EXPIRY; at or after it, refused.
         return KeyCandidates(keys, expired=expiry <= now + self.unix_offset)
 

@@ -13,12 +13,13 @@ reported as a :class:`UserProblem` and skipped. Problem messages never contain p
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
+
+from pyturn.wire.integrity import long_term_key
 
 __all__ = [
     "UserDB",
@@ -58,16 +59,6 @@ class UserProblem:
         return f"{self.path}:{self.line}: {self.message}"
 
 
-def _md5(data: bytes) -> bytes:
-    # MD5 is mandated by the protocol (RFC 8489 §9.2.2); say so, so FIPS-mode interpreters allow it.
-    return hashlib.md5(data, usedforsecurity=False).digest()
-
-
-def _ha1(username: str, realm: str, password: str) -> bytes:
-    # surrogateescape: bytes that were not UTF-8 in the file go into the hash exactly as they were read.
-    return _md5(f"{username}:{realm}:{password}".encode("utf-8", "surrogateescape"))
-
-
 def _shown(text: str) -> str:
     """A user or realm name made safe to print: undecodable bytes become \\xNN escapes."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -89,7 +80,7 @@ class UserDB:
     @classmethod
     def from_passwords(cls, passwords: Mapping[str, str], realm: str) -> UserDB:
         """Build a snapshot from plain-text passwords, all in one realm (handy for test rigs)."""
-        return cls({(user, realm): _ha1(user, realm, password) for user, password in passwords.items()})
+        return cls({(user, realm): long_term_key(user, realm, password) for user, password in passwords.items()})
 
     def lookup(self, username: str, realm: str) -> bytes | None:
         """The 16-byte HA1 of the user, or None. Exact, case-sensitive comparison (reTurn.md §3.2)."""
@@ -202,7 +193,7 @@ def _parse_return_line(line: str, *, hashed: bool) -> _Entry:
         raise _LineRefused(login, realm)
     if hashed:
         return _Entry(login, realm, _hex_ha1(password, "with hashed passwords the password field"))
-    return _Entry(login, realm, _ha1(login, realm, password))
+    return _Entry(login, realm, long_term_key(login, realm, password))
 
 
 def _parse_line(line: str, *, hashed: bool) -> _Entry | None:
@@ -230,7 +221,7 @@ def user_line_identity(line: str) -> tuple[str, str] | None:
 
 def htdigest_line(username: str, realm: str, password: str) -> str:
     """``user:realm:HA1`` as Apache htdigest writes it (HA1 in lower-case hex), with its line end."""
-    return f"{username}:{realm}:{_ha1(username, realm, password).hex()}\n"
+    return f"{username}:{realm}:{long_term_key(username, realm, password).hex()}\n"
 
 
 def parse_user_lines(lines: Iterable[str], *, source: str, hashed: bool) -> tuple[UserDB, list[UserProblem]]:

@@ -14,7 +14,6 @@ import logging
 import resource
 import socket
 import ssl
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +33,7 @@ from pyturn.core.events import AllocationCreated, AllocationDeleted
 from pyturn.core.ratelimit import TokenBucket
 from pyturn.core.stats import RelayCounter
 from pyturn.errors import StunDecodeError
-from pyturn.wire.framing import StreamFramer
+from pyturn.wire.framing import CHANNEL_HEADER, CHANNEL_PADDING, StreamFramer
 from pyturn.wire.message import Address
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,6 @@ SOCKET_BUFFER = 1 << 20
 RESERVED_BUFFER = 4096  # receive buffer of a held reserved port (the kernel's minimum applies)
 LISTEN_BACKLOG = 1024
 MAX_STREAM_BACKLOG = 1 << 20  # bytes queued towards one TCP/TLS client before relayed data is dropped
-_CHANNEL_HEADER = struct.Struct("!HH")
-_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 # Linux values; the socket module only names some of them on some builds.
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
@@ -420,6 +417,7 @@ class UdpListener:
     def _readable(self) -> None:
         sock = self.sock
         routes = self.routes
+        unpack_header = CHANNEL_HEADER.unpack_from
         packets = octets = 0  # relayed by the fast path in this wake-up, added to self.relayed once
         for _ in range(DRAIN_BATCH):
             try:
@@ -432,9 +430,10 @@ class UdpListener:
                 source = (source[0], source[1])
             # Fast path: ChannelData on a bound channel (RFC 8656 §12.4); the first two bits are 01.
             if len(data) >= 4 and data[0] & 0xC0 == 0x40:
-                route = routes.get((source, (data[0] << 8) | data[1]))
+                channel, length = unpack_header(data)
+                route = routes.get((source, channel))
                 if route is not None:
-                    end = 4 + ((data[2] << 8) | data[3])
+                    end = 4 + length
                     if end <= len(data) and route[0].send(data[4:end], route[1]):
                         packets += 1
                         octets += end - 4
@@ -529,6 +528,7 @@ class RelayEndpoint:
                 return
         sock = self.sock
         channels = self.allocation.channel_for_peer
+        pack_header = CHANNEL_HEADER.pack
         packets = octets = 0  # relayed towards the client in this wake-up, added to the counters once
         for _ in range(DRAIN_BATCH):
             try:
@@ -546,7 +546,7 @@ class RelayEndpoint:
                     continue
                 packets += 1
                 octets += len(data)
-                header = _CHANNEL_HEADER.pack(channel, len(data))
+                header = pack_header(channel, len(data))
                 if self.udp_sock is not None:
                     try:
                         self.udp_sock.sendto(header + data, self.client)  # measured: cheaper than sendmsg
@@ -555,7 +555,7 @@ class RelayEndpoint:
                     continue
                 stream = self.runtime.streams.get(self.stream_key)
                 if stream is not None:
-                    stream.write(header + data + _PAD[len(data) % 4] if self.pad else header + data)
+                    stream.write(header + data + CHANNEL_PADDING[len(data) % 4] if self.pad else header + data)
                 continue
             runtime = self.runtime
             actions = runtime.core.handle_peer(self, data, peer, runtime.now())
