@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fuzzkit
 
-sys.path.insert(0, str(fuzzkit.TESTS_DIR))
+sys.path.insert(0, str(fuzzkit.TESTS_DIR / "support"))
 
 with fuzzkit.instrumented_imports(__name__ == "__main__"):
     from test_core_fuzz import PASSWORD, PEERS, REALM, Driver, check_invariants

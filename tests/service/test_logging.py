@@ -31,7 +31,7 @@ from pyturn.service.logsetup import (
     reopen_log_files,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 15.0
 LINE = re.compile(
     r"^(?P<level>[A-Z]+) \| (?P<time>\d{8}-\d{6}\.\d{3}) \| (?P<app>[^|]+) \| (?P<logger>[\w.]+) \| [0-9a-f]+ \| "

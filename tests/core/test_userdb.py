@@ -10,7 +10,7 @@ from pyturn.core.userdb import UserDB, UserProblem, UserState, parse_user_lines
 from pyturn.errors import UserDBError
 from pyturn.files.userfile import load_user_file
 
-CONF_USERS = Path(__file__).resolve().parent.parent / "conf" / "users.txt"
+CONF_USERS = Path(__file__).resolve().parents[2] / "conf" / "users.txt"
 SECRET_PASSWORD = "s3cr3t-pw"
 
 

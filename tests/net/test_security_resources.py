@@ -165,7 +165,7 @@ async def test_security_refused_connection_creates_no_state(loopback_config: Con
         first[1].close()
 
 
-# TcpAuthTimeout (case 35) is tested in tests/test_interop_tcp_tls.py:
+# TcpAuthTimeout (case 35) is tested in tests/interop/test_interop_tcp_tls.py:
 # test_stream_without_allocation_closed_after_auth_timeout and test_stream_with_allocation_outlives_auth_timeout.
 
 
@@ -408,7 +408,7 @@ def test_security_channel_cap_508() -> None:
 
 def test_security_core_state_returns_to_empty_after_churn() -> None:
     # Case 37 at the protocol level: 5,000 allocate / permission / channel / delete cycles leave nothing behind.
-    # (Process RSS after many server starts: tests/test_server_leaks.py; long runs: benchmarks/soak.py.)
+    # (Process RSS after many server starts: tests/net/test_server_leaks.py; long runs: benchmarks/soak.py.)
     harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50009))
     for n in range(5000):
         client = harness.client("alice" if n % 2 else "bob", client=(f"203.0.{n // 250}.{n % 250 + 1}", 4000))

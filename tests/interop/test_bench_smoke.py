@@ -21,7 +21,7 @@ from benchmarks.stats import compare, pair_ratios, spread
 from benchmarks.summary import summarise
 from benchmarks.table import render
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.requires(sys.platform.startswith("linux"), "reads /proc")
 

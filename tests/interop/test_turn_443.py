@@ -24,7 +24,7 @@ from interop import (
 
 from pyturn.net.tls import ALPN_PROTOCOLS
 
-UNIT = Path(__file__).resolve().parent.parent / "conf" / "pyturn.service"
+UNIT = Path(__file__).resolve().parents[2] / "conf" / "pyturn.service"
 SECRET = "port-443-secret"
 
 

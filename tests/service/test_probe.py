@@ -18,7 +18,7 @@ from pyturn.service.probe import ProbeError, format_address, probe_udp
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.message import Attr, MessageClass, error_response
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 15.0
 
 

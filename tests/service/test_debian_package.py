@@ -29,7 +29,7 @@ from pyturn.files.configfile import load_config
 from pyturn.files.userfile import load_user_file
 from pyturn.service.manpage import config_page, server_page
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 DEBIAN = REPOSITORY / "debian"
 CACHE = Path("/var/cache/pyturn-tests")
 BASE = CACHE / "bookworm-minbase"

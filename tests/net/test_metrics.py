@@ -28,7 +28,7 @@ from pyturn.wire.framing import StreamFramer, encode_channel_data
 from pyturn.wire.integrity import long_term_key
 from pyturn.wire.message import Attr, Message, MessageClass, Method
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "conf" / "grafana-pyturn.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "conf" / "grafana-pyturn.json"
 WAIT = 5.0
 CHANNEL = 0x4000
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import gc
 
+from turnclient import Harness, make_config
+
 from pyturn.core.allocation import Allocation
 from pyturn.core.timers import COMPACT_SLACK
-from tests.turnclient import Harness, make_config
 
 CYCLES = 3000
 

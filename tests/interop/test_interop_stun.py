@@ -27,7 +27,7 @@ import pyturn
 
 pytestmark = pytest.mark.interop
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "conf" / "reTurnServer.config"
 
 

@@ -1,6 +1,6 @@
 """IPv6 listeners on TurnV6Address (reTurn.md §4.1): Binding over UDP/TCP/TLS on ::1, allocations from ::1 clients,
 and the IPv4-only fallback when the host has no IPv6. Tests needing IPv6 skip without it (under CI they fail:
-tests/requirements.py).
+tests/support/requirements.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from requirements import require
 
 import pyturn
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 240.0
 INSTALL_TIMEOUT = 240.0
 RUN_TIMEOUT = 120.0
@@ -106,7 +106,7 @@ def test_release_sdist_carries_tests_conf_and_changelog(dist: Path) -> None:
     with tarfile.open(sdist) as archive:
         names = {name.removeprefix(prefix) for name in archive.getnames()}
     for required in ("CHANGELOG.md", "LICENSE", "README.md", "pyproject.toml", "conf/reTurnServer.config",
-                     "conf/users.txt", "tests/conftest.py", "tests/vectors/rfc5769.json", "scripts/test.sh"):
+                     "conf/users.txt", "tests/conftest.py", "tests/wire/vectors/rfc5769.json", "scripts/test.sh"):
         assert required in names, required
     assert not any("__pycache__" in name for name in names)
 
@@ -174,7 +174,7 @@ LIBRARY_TESTS = '''
 
 
 # The repository's tests that need nothing but the installed package (and aioice as the independent client).
-REPOSITORY_LIBRARY_TESTS = ("test_library.py", "test_pytest_plugin.py", "test_stun.py")
+REPOSITORY_LIBRARY_TESTS = ("net/test_library.py", "net/test_pytest_plugin.py", "wire/test_stun.py")
 
 
 def test_release_installed_wheel_runs_library_tests_outside_the_repository(installed: Path, tmp_path: Path) -> None:
@@ -182,8 +182,8 @@ def test_release_installed_wheel_runs_library_tests_outside_the_repository(insta
     suite.mkdir()
     (suite / "test_with_pyturn.py").write_text(textwrap.dedent(LIBRARY_TESTS).replace("REPOSITORY", str(REPOSITORY)))
     for name in REPOSITORY_LIBRARY_TESTS:
-        shutil.copy2(REPOSITORY / "tests" / name, suite / name)
-    shutil.copytree(REPOSITORY / "tests" / "vectors", suite / "vectors")
+        shutil.copy2(REPOSITORY / "tests" / name, suite / Path(name).name)
+    shutil.copytree(REPOSITORY / "tests" / "wire" / "vectors", suite / "vectors")
     (suite / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
@@ -193,7 +193,7 @@ def test_release_installed_wheel_runs_library_tests_outside_the_repository(insta
     assert result.returncode == 0, result.stdout + result.stderr
     passed = re.search(r"(\d+) passed", result.stdout)
     functions = sum(len(re.findall(r"^(?:async )?def test_", (suite / name).read_text(), re.MULTILINE))
-                    for name in (*REPOSITORY_LIBRARY_TESTS, "test_with_pyturn.py"))
+                    for name in (*(Path(name).name for name in REPOSITORY_LIBRARY_TESTS), "test_with_pyturn.py"))
     assert passed is not None and int(passed.group(1)) >= functions, result.stdout  # parametrized ones count more
     assert " skipped" not in result.stdout, result.stdout
 

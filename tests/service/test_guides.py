@@ -18,7 +18,7 @@ from interop import LOOPBACK, MiniTurnClient, TurnRequestFailed, free_port, pytu
 
 pytestmark = pytest.mark.interop
 
-GUIDES = Path(__file__).resolve().parent.parent / "docs" / "guides"
+GUIDES = Path(__file__).resolve().parents[2] / "docs" / "guides"
 
 
 def _blocks(guide: str, language: str) -> list[str]:

@@ -5,8 +5,8 @@ server must still be up, must have answered nothing or the RFC error, must hold 
 answer a valid Binding. The Binding doubles as a barrier: the server reads one socket in order, so whatever the
 bad datagram caused has arrived before the Binding's answer; no test sleeps to prove silence.
 
-The codec-level versions of these cases (every malformation raising StunDecodeError) are in tests/test_stun.py and
-tests/test_stun_properties.py; the TCP/TLS framing limits also in tests/test_interop_tcp_tls.py.
+The codec-level versions of these cases (every malformation raising StunDecodeError) are in tests/wire/test_stun.py and
+tests/wire/test_stun_properties.py; the TCP/TLS framing limits also in tests/interop/test_interop_tcp_tls.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pyturn.config import KEYS, Config, ConfigWarning, Kind, format_value
 from pyturn.errors import ConfigError
 from pyturn.files.configfile import load_config, parse_overrides
 
-SAMPLE = Path(__file__).resolve().parent.parent / "conf" / "reTurnServer.config"
+SAMPLE = Path(__file__).resolve().parents[2] / "conf" / "reTurnServer.config"
 MAIN = "reTurnServer.config"
 
 

@@ -136,7 +136,7 @@ def test_security_relay_private_ranges_allowed_by_default(ip: str) -> None:
     assert client.create_permission(_peer(ip)).error_code is None
 
 
-# The harness's server listens on 192.0.2.1:3478 and relays on 192.0.2.1:50000-50999 (tests/turnclient.py).
+# The harness's server listens on 192.0.2.1:3478 and relays on 192.0.2.1:50000-50999 (tests/support/turnclient.py).
 # Its own addresses are peers only on relay-range ports: other allocations' relays (RFC 8656 §9: relay-to-relay
 # between two clients of one server, the WebRTC relay/relay candidate pair), never its listeners or other
 # services of the host (case 26).

@@ -25,7 +25,7 @@ from requirements import require
 from pyturn.service import daemon as service
 from pyturn.service.daemon import AlreadyRunning, PidFile, ServiceError, resolve_identity, sd_notify
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
 SERVING = re.compile(r"serving udp 127\.0\.0\.1:(\d+)")
 

@@ -1,6 +1,6 @@
 """RFC details, bytes in and bytes out; each test names the section it checks.
 
-Core tests drive TurnServerCore through the fake adapter (tests/turnclient.py); the ones marked "production
+Core tests drive TurnServerCore through the fake adapter (tests/support/turnclient.py); the ones marked "production
 path" run a real in-process server on loopback sockets.
 """
 

@@ -24,7 +24,7 @@ from pyturn.wire.message import Message, MessageClass, Method
 
 pytestmark = pytest.mark.interop
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # Debian: libnginx-mod-stream
 WAIT = 5.0
 WEB_GREETING = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nweb"
