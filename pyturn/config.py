@@ -94,7 +94,7 @@ class Config:
     max_tcp_connections: int = 0  # 0 = derived from the fd limit
     max_tcp_connections_per_source: int = 0  # 0 = unlimited
     tcp_auth_timeout: int = 30  # seconds a TCP/TLS connection may stay unauthenticated
-    max_permissions_per_allocation: int = 64  # 508 beyond (anchors.md §5.5 case 36)
+    max_permissions_per_allocation: int = 64  # 508 beyond (docs/security.md "Permission and channel caps")
     max_channels_per_allocation: int = 64  # 508 beyond
     metrics_address: str = "127.0.0.1"  # the HTTP listener of /metrics, /healthz, /readyz (pyturn.metrics)
     metrics_port: int = 0  # 0 = no metrics listener
@@ -139,10 +139,11 @@ class ConfigWarning:
 
 
 class Kind(enum.Enum):
-    """How a key's text becomes a field value (reTurn.md §1.3)."""
+    """How a key's text becomes a field value (docs/compatibility.md "Values")."""
 
     STRING = "string"  # verbatim, trailing whitespace kept, explicit empty overrides the default
-    PATH = "path"  # STRING, then a bare file name is resolved against the config file's folder (§1.4)
+    # STRING, then a bare file name is resolved against the config file's folder (docs/compatibility.md "File names")
+    PATH = "path"
     PLAIN_PATH = "plain path"  # STRING, never resolved (PidFile)
     BOOL = "bool"  # 1/true/on/enable, 0/false/off/disable; anything else warns and keeps the default
     PORT = "port"  # reTurn unsigned short; pyturn refuses anything outside 0..65535
@@ -354,7 +355,7 @@ class Converter:
         return self._logging_word(spec, entry, text)
 
     def _reTurn_integer(self, spec: KeySpec, entry: Setting, text: str) -> int:
-        """reTurn.md §1.3: reTurn reads leading digits and never complains; pyturn says what it did."""
+        """docs/compatibility.md "Values": reTurn reads leading digits and never complains; pyturn says what it did."""
         match = re.match(r"[+-]?[0-9]+", text)
         if match is None:
             if spec.kind is Kind.PORT:

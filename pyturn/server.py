@@ -554,7 +554,8 @@ class Server:
         return int(bound[1])
 
     def _open_alternate(self, primary_port: int) -> None:
-        """RFC 3489 / RFC 5780: three more UDP sockets, A1:P2, A2:P1, A2:P2 (reTurn.md §4.1)."""
+        """RFC 3489 / RFC 5780: three more UDP sockets, A1:P2, A2:P1, A2:P2 (docs/compatibility.md "Alternate
+        address")."""
         assert self.core is not None
         config = self.config
         primary_host = config.turn_address

@@ -179,7 +179,8 @@ def turn_server(
     if not transports or unknown:
         raise pytest.UsageError(f"@pytest.mark.{MARKER}: transports must be some of {TRANSPORTS}, got {transports}")
     lifetime = options.pop("lifetime", None)
-    if lifetime is not None:  # default = floor and maximum = cap (reTurn.md §6.5): every allocation gets exactly this
+    # default = floor and maximum = cap (docs/compatibility.md "Lifetimes"): every allocation gets exactly this
+    if lifetime is not None:
         options.setdefault("default_allocation_lifetime", lifetime)
         options.setdefault("max_allocation_lifetime", lifetime)
     try:

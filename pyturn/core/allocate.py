@@ -122,7 +122,7 @@ def allocate(
 
 
 def granted_lifetime(core: TurnServerCore, request: Message) -> int:
-    """reTurn's arithmetic (reTurn.md §6.5 step 9): the default is also the floor, the maximum the cap."""
+    """reTurn's arithmetic (docs/compatibility.md "Lifetimes"): the default is also the floor, the maximum the cap."""
     default = core.config.default_allocation_lifetime
     maximum = core.config.max_allocation_lifetime
     requested: int | None = request.get(Attr.LIFETIME)

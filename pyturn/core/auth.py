@@ -60,7 +60,8 @@ _MAC_BYTES = 6  # 48 bits: a nonce only saves a round trip, MESSAGE-INTEGRITY is
 class NonceSigner:
     """Issues and checks stateless nonces: base64(timestamp || truncated HMAC(secret, timestamp)).
 
-    16 characters on the wire keeps 401/438 answers small (amplification, anchors.md §5.4). Nonces are not
+    16 characters on the wire keeps 401/438 answers small (amplification, docs/security.md "Amplification"). Nonces are
+    not
     bound to the client's address or port (a NAT rebinding must not turn into a hard failure).
     """
 
@@ -117,7 +118,8 @@ class Challenge(TurnError):
 def authenticate(
     request: Message, *, realm: str, nonces: NonceSigner, lookup: UserLookup, now: float
 ) -> Credentials:
-    """Checks in reTurn's order (reTurn.md §6.2); raises Challenge or TurnError, returns the credentials."""
+    """Checks in reTurn's order (docs/compatibility.md "Authentication"); raises Challenge or TurnError, returns the
+    credentials."""
     # RFC 8489 §9.2.4 step 1: no MESSAGE-INTEGRITY -> 401 with REALM and NONCE.
     if request.integrity_offset is None:
         raise Challenge(401, "Unauthorized")

@@ -31,7 +31,8 @@ CHANGE_PORT = 0x02
 
 
 def handle_binding(core: TurnServerCore, request: Message, five_tuple: FiveTuple) -> list[Action]:
-    """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (reTurn.md §6.3)."""
+    """RFC 8489 §7.3.1 Binding, with RFC 3489 / RFC 5780 alternate-address behaviour (docs/compatibility.md "Alternate
+    address")."""
     client = five_tuple.client
     if request.invalid_attributes:
         return []  # unauthenticated: a malformed Binding stays unanswered (RFC 8489 §6.3)

@@ -68,7 +68,7 @@ def _software_value(config: Config) -> str | None:
     if not name:
         return None
     if config.pad_software_name:
-        # reTurn pads with spaces to a multiple of 4 for legacy clients (reTurn.md §2.1).
+        # reTurn pads with spaces to a multiple of 4 for legacy clients (docs/compatibility.md "Keys").
         name += " " * (-len(name.encode("utf-8", "surrogateescape")) % 4)
     return name
 
@@ -445,7 +445,7 @@ class TurnServerCore:
             return [reply(self, request, response, five_tuple, credentials.key)]
 
     def _refuse(self, request: Message, five_tuple: FiveTuple, error: TurnError) -> list[Action]:
-        """An error answer before authentication, limited per source IP on UDP (anchors.md §5.4 case 31)."""
+        """An error answer before authentication, limited per source IP on UDP (docs/security.md "Rate limit")."""
         limiter = self._limiter
         if (
             limiter is not None

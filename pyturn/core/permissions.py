@@ -53,7 +53,7 @@ def create_permission(
         check_peer(core, allocation, peer, port=None)
     cap = core.config.max_permissions_per_allocation
     if cap and len(allocation.permissions.keys() | {peer[0] for peer in peers}) > cap:
-        raise TurnError(508, "Insufficient Capacity")  # anchors.md §5.5 case 36
+        raise TurnError(508, "Insufficient Capacity")  # docs/security.md "Permission and channel caps"
     actions: list[Action] = []
     for peer in peers:
         if install_permission(core, allocation, peer[0], now):

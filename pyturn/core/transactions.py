@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # RFC 8489 §6.3.1: keep a transaction's answer for 40 s, the whole time a client may retransmit (Ti = 39.5 s).
 RESPONSE_CACHE_LIFETIME = 40.0
 RESPONSES_KEPT = 8  # per allocation: a client has only a few transactions outstanding at once
-AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (anchors.md §5.4)
+AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (docs/security.md "Amplification")
 
 
 def success_response(request: Message) -> Message:

@@ -2,7 +2,8 @@
 
 Two line formats are accepted, detected line by line:
 
-* reTurn's ``login:password:realm:state`` (reTurn.md §3.1), with the password in plain text or, when the
+* reTurn's ``login:password:realm:state`` (docs/compatibility.md "User file"), with the password in plain text or, when
+the
   server runs with ``UserDatabaseHashedPasswords = true``, as the 32-hex-digit HA1;
 * Apache htdigest's ``user:realm:HA1`` (what ``htdigest`` writes), always hashed.
 
@@ -31,11 +32,11 @@ __all__ = [
 ]
 
 _HEX_HA1 = re.compile(r"[0-9A-Fa-f]{32}")
-# reTurn.md §3.1: login, password and realm end at ':' or a space (not a tab);
+# docs/compatibility.md "User file": login, password and realm end at ':' or a space (not a tab);
 # whitespace after ':' is skipped.
 _FIELD_END = ": "
 _SKIPPED_AFTER_COLON = " \t"
-# reTurn.md §3.1: the state ends at space, tab, CR or LF.
+# docs/compatibility.md "User file": the state ends at space, tab, CR or LF.
 _STATE_END = re.compile(r"[ \t\r\n]")
 
 
@@ -83,7 +84,8 @@ class UserDB:
         return cls({(user, realm): long_term_key(user, realm, password) for user, password in passwords.items()})
 
     def lookup(self, username: str, realm: str) -> bytes | None:
-        """The 16-byte HA1 of the user, or None. Exact, case-sensitive comparison (reTurn.md §3.2)."""
+        """The 16-byte HA1 of the user, or None. Exact, case-sensitive comparison (docs/compatibility.md "User
+        lookup")."""
         return self._keys.get((username, realm))
 
     def realms(self) -> frozenset[str]:
@@ -175,7 +177,7 @@ def _parse_htdigest(line: str) -> _Entry:
 
 
 def _parse_return_line(line: str, *, hashed: bool) -> _Entry:
-    """reTurn.md §3.1 `authParse`: login:password:realm:state."""
+    """docs/compatibility.md "User file": login:password:realm:state."""
     login, pos = _take_field(line, 0, "login")
     password, pos = _take_field(line, pos, "password")
     realm, pos = _take_field(line, pos, "realm")

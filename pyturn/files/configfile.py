@@ -36,7 +36,7 @@ from pyturn.errors import ConfigError
 
 
 def _name_end(line: str) -> int:
-    """The name runs up to the first '=', space or tab (reTurn.md §1.2)."""
+    """The name runs up to the first '=', space or tab (docs/compatibility.md "Grammar")."""
     for index, char in enumerate(line):
         if char in "= \t":
             return index
@@ -44,7 +44,7 @@ def _name_end(line: str) -> int:
 
 
 def _parse_text(path: str, data: bytes, warnings: list[ConfigWarning]) -> list[Setting]:
-    """reTurn.md §1.2: one `Name = Value` per line; `#` only comments at the start of a line."""
+    """docs/compatibility.md "Grammar": one `Name = Value` per line; `#` only comments at the start of a line."""
     entries = []
     base_dir = os.path.dirname(path)
     for number, raw in enumerate(data.split(b"\n"), start=1):
@@ -163,7 +163,7 @@ def _add_setting(settings: dict[str, Setting], entry: Setting) -> None:
 
 
 def _override_entries(args: Sequence[str], base_dir: str) -> list[Setting]:
-    """reTurn.md §1.1: `-Name=Value`, `--Name:Value`, `/Name=Value`; a repeated name is fatal."""
+    """docs/compatibility.md "Command line": `-Name=Value`, `--Name:Value`, `/Name=Value`; a repeated name is fatal."""
     entries: list[Setting] = []
     seen: dict[str, int] = {}
     for index, arg in enumerate(args, start=1):
@@ -190,7 +190,8 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
 
 
 def _resolve_bare_name(name: str, base_dir: str) -> str:
-    """reTurn.md §1.4: a name without any slash lives beside the config file; others stay as given."""
+    """docs/compatibility.md "File names": a name without any slash lives beside the config file; others stay as
+    given."""
     if not name or "/" in name or not base_dir:
         return name
     return os.path.join(base_dir, name)
@@ -214,7 +215,8 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
     _read_file(config_path, settings, warnings, (os.path.realpath(config_path),))
     config_dir = os.path.dirname(config_path)
     for entry in _override_entries(overrides, config_dir):
-        settings[entry.name.lower()] = entry  # §1.1: the command line replaces the file's value
+        # docs/compatibility.md "Command line": the command line replaces the file's value
+        settings[entry.name.lower()] = entry
 
     converter = Converter(warnings)
     values = {f.name: getattr(base, f.name) for f in dataclasses.fields(Config)}

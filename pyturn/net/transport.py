@@ -54,11 +54,11 @@ _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 _ROUTE_PROBE = {socket.AF_INET: ("192.0.2.1", 9), socket.AF_INET6: ("2001:db8::1", 9)}
-# The fd budget (anchors.md §5.5 case 40): relay sockets and TCP/TLS connections together stay FD_RESERVE below the
-# soft RLIMIT_NOFILE. The reserve covers listeners, the event loop, log files and the interpreter, plus one burst of
-# connections accepted before the refused ones are closed (asyncio accepts up to 100 per wake-up), so the process
-# does not reach EMFILE through its own sockets. MaxTcpConnections = 0 takes half the budget: each TCP/TLS client
-# also holds a relay socket.
+# The fd budget (docs/security.md "Descriptor budget"): relay sockets and TCP/TLS connections together stay FD_RESERVE
+# below the soft RLIMIT_NOFILE. The reserve covers listeners, the event loop, log files and the interpreter, plus one
+# burst of connections accepted before the refused ones are closed (asyncio accepts up to 100 per wake-up), so the
+# process does not reach EMFILE through its own sockets. MaxTcpConnections = 0 takes half the budget: each TCP/TLS
+# client also holds a relay socket.
 FD_RESERVE = 128
 MIN_SOCKET_BUDGET = 32
 FDS_PER_STREAM = 2
@@ -195,7 +195,7 @@ class Runtime:
         self.reserved: dict[tuple[int, int], socket.socket] = {}
         # Workers: another process may redeem this one's tokens (see _hold_reserved).
         self.share_reserved_ports = False
-        # MaxTcpConnections / MaxTcpConnectionsPerSource and the fd budget (anchors.md §5.5 case 40).
+        # MaxTcpConnections / MaxTcpConnectionsPerSource and the fd budget (docs/security.md "Descriptor budget").
         self.socket_budget = socket_budget(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.max_streams = stream_limit(core.config.max_tcp_connections)
         self.max_streams_per_source = core.config.max_tcp_connections_per_source
@@ -501,7 +501,7 @@ class RelayEndpoint:
         self.relayed_to_client = runtime.relayed_to_client[five_tuple.transport]
         self.pad = five_tuple.transport is not Transport.UDP and runtime.core.config.tcp_channel_data_padding
         # MaxBandwidthPerAllocation: one token bucket per direction holding one second's worth; excess is
-        # dropped, never queued (anchors.md §5.5 case 38).
+        # dropped, never queued (docs/security.md "Bandwidth cap").
         rate = runtime.core.config.max_bandwidth_per_allocation
         now = runtime.loop.time()
         self.peer_limit = TokenBucket(rate, rate, now) if rate else None

@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start(config: Config, warnings: list[ConfigWarning], pid_file: PidFile | None) -> int:
-    """reTurn's order (reTurn.md §7): daemonize, PID file, logging, then serve."""
+    """reTurn's order (docs/compatibility.md "Start-up"): daemonize, PID file, logging, then serve."""
     report = None
     if config.daemonize:
         config = absolute_paths(config)
@@ -270,7 +270,7 @@ async def _serve(
     except (StartupError, OSError, PyturnError) as error:
         return fail(EXIT_STARTUP, f"start-up failed: {error}")
     try:
-        # reTurn.md §7 step 6: after every listener is bound, hand the open files over, then switch user.
+        # docs/compatibility.md "Start-up": after every listener is bound, hand the open files over, then switch user.
         owned_files = [*log_file_descriptors(), *([pid_file.fd] if pid_file is not None else [])]
         identity = drop_privileges(config.run_as_user, config.run_as_group, chown_fds=owned_files)
     except ServiceError as error:

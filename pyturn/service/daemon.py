@@ -1,6 +1,7 @@
 """Process plumbing for running pyturn as a service: PID file, daemonizing, privilege drop, systemd notify.
 
-reTurn's order is kept (reTurn.md §7): already-running check, daemonize, logging, bind listeners, drop
+reTurn's order is kept (docs/compatibility.md "Start-up"): already-running check, daemonize, logging, bind listeners,
+drop
 privileges. Differences from reTurn, on purpose:
 * The PID file is written whenever PidFile is set (reTurn: only when daemonizing), holds "<pid>\\n", is locked
   with flock() for the life of the process and is removed on exit.
@@ -266,7 +267,7 @@ def resolve_identity(user: str, group: str = "") -> Identity:
 
 
 def drop_privileges(user: str, group: str = "", *, chown_fds: Iterable[int] = ()) -> Identity | None:
-    """Switch to RunAsUser/RunAsGroup after the listeners are bound (reTurn.md §7 step 6).
+    """Switch to RunAsUser/RunAsGroup after the listeners are bound (docs/compatibility.md "Start-up").
 
     Hands the open files in chown_fds (PID file, log file) to the new owner first, then initgroups, setgid,
     setuid. Nothing happens when user is empty or when we already run as that user and group. Returns the

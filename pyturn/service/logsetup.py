@@ -1,4 +1,5 @@
-"""Logging set-up from reTurn's logging keys (reTurn.md §2.2). The CLI's job: the library never configures logging.
+"""Logging set-up from reTurn's logging keys (docs/compatibility.md "Logging"). The CLI's job: the library never
+configures logging.
 
 LoggingType: cout, cerr, file, or syslog (config.py turns any other word into syslog).
 Line format, unstructured: ``LEVEL | YYYYMMDD-HHMMSS.mmm | pyturn[instance] | logger | thread | file:line | message``
@@ -28,7 +29,7 @@ NOTICE = (logging.INFO + logging.WARNING) // 2
 STACK = logging.DEBUG // 2
 DISABLED = logging.CRITICAL + 10
 
-# reTurn's level names (reTurn.md §2.2) -> logging levels.
+# reTurn's level names (docs/compatibility.md "Logging") -> logging levels.
 LEVELS = {
     "NONE": DISABLED,
     "EMERG": logging.CRITICAL,
@@ -92,7 +93,7 @@ def _local_time(created: float) -> str:
 
 
 class ReTurnFormatter(logging.Formatter):
-    """reTurn's " | "-separated line; for syslog without level, time and app name (reTurn.md §2.2)."""
+    """reTurn's " | "-separated line; for syslog without level, time and app name (docs/compatibility.md "Logging")."""
 
     def __init__(self, instance: str = "", *, for_syslog: bool = False) -> None:
         super().__init__()

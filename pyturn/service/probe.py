@@ -2,7 +2,7 @@
 
 Exit status 0 when a Binding success response arrived, 1 on timeout, an error response or a network error, 2
 for bad arguments. Meant for health checks (Docker HEALTHCHECK) and quick manual tests; no credentials needed,
-as Binding is answered without authentication (RFC 8489 §10, reTurn.md §6.3).
+as Binding is answered without authentication (RFC 8489 §10, docs/compatibility.md "Authentication").
 """
 
 from __future__ import annotations

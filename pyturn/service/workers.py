@@ -1,4 +1,4 @@
-"""`Workers = N`: N server processes share TurnPort through SO_REUSEPORT (architecture.md, the relay hot path).
+"""`Workers = N`: N server processes share TurnPort through SO_REUSEPORT (docs/architecture.md "Workers").
 
 The kernel keeps one client's 5-tuple on one worker (UDP flows hash to one socket; a TCP connection belongs to
 the worker that accepted it), so each worker runs an ordinary, independent Server:

@@ -63,7 +63,7 @@ def test_auth_nonce_of_another_secret_is_not_fresh() -> None:
 
 
 def test_auth_nonce_shared_secret_works_across_signers() -> None:
-    """Worker processes share the secret (architecture.md): one's nonce is fresh for another."""
+    """Worker processes share the secret (docs/architecture.md "Workers"): one's nonce is fresh for another."""
     assert NonceSigner(SECRET, LIFETIME).is_fresh(NonceSigner(SECRET, LIFETIME).issue(NOW), NOW + 5)
 
 

@@ -72,7 +72,7 @@ def test_core_allocate_records_the_allocation_and_event() -> None:
 
 
 def test_core_allocate_waits_for_the_adapter() -> None:
-    """Nothing is answered until the adapter reports the bind (architecture.md)."""
+    """Nothing is answered until the adapter reports the bind (docs/architecture.md "Sans-IO contract")."""
     harness = Harness(auto_open=False)
     client = harness.client()
     result = client.allocate()
@@ -161,7 +161,7 @@ def test_core_allocate_error_codes(attrs: list[tuple[int, Any]], code: int) -> N
     result = client.request(Method.ALLOCATE, attrs)
     response = result.response
     assert result.error_code == code
-    assert response.get(Attr.XOR_MAPPED_ADDRESS) == CLIENT  # reTurn.md §6.1 step 5
+    assert response.get(Attr.XOR_MAPPED_ADDRESS) == CLIENT  # docs/compatibility.md "Responses"
     assert verify_integrity(response, client.key)
     assert not result.of(OpenRelay)
     assert not harness.core.allocations
@@ -209,7 +209,8 @@ def test_core_allocate_retransmitted_error_gets_identical_cached_bytes() -> None
 
 
 def test_core_allocate_cache_is_per_five_tuple() -> None:
-    """The same transaction id from another client is a new request (unlike reTurn, reTurn.md §4.2)."""
+    """The same transaction id from another client is a new request (unlike reTurn, docs/compatibility.md
+    "Retransmissions")."""
     harness = Harness()
     first = harness.client()
     first.challenge()

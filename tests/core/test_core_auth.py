@@ -117,7 +117,7 @@ def test_core_auth_nonce_still_fresh_at_exactly_its_lifetime() -> None:
 
 
 def test_core_auth_stale_nonce_beats_wrong_password() -> None:
-    """reTurn checks the nonce before the user and the HMAC (reTurn.md §6.2)."""
+    """reTurn checks the nonce before the user and the HMAC (docs/compatibility.md "Authentication")."""
     harness = Harness()
     client = harness.client("alice", "wrong")
     client.challenge()
@@ -344,7 +344,8 @@ def test_core_auth_binding_on_every_transport(transport: Transport) -> None:
 
 
 def test_core_auth_binding_is_never_authenticated() -> None:
-    """A Binding with MESSAGE-INTEGRITY from an unknown key is answered, without MI (reTurn.md §6.2)."""
+    """A Binding with MESSAGE-INTEGRITY from an unknown key is answered, without MI (docs/compatibility.md
+    "Authentication")."""
     harness = Harness()
     key = long_term_key("nobody", REALM, "x")
     attrs = [(Attr.USERNAME, "nobody"), (Attr.REALM, REALM), (Attr.NONCE, "junk")]
@@ -374,7 +375,7 @@ def test_core_auth_allocate_with_unknown_required_attribute_is_challenged_then_g
     client = harness.client()
     attrs = [(Attr.REQUESTED_TRANSPORT, 17), (0x0031, b"abcd")]
     first = client.send_raw(build(Method.ALLOCATE, attrs))
-    assert first.error_code == 401  # authentication comes first (reTurn.md §6.1)
+    assert first.error_code == 401  # authentication comes first (docs/compatibility.md "Authentication")
     client.learn(first.response)
     result = client.send_raw(client.signed(Method.ALLOCATE, attrs))
     response = result.response

@@ -1,5 +1,5 @@
 """Property tests over the sans-IO core: random sequences of valid and mutated messages from several clients
-never raise and never break the table invariants (anchors.md §5.1 case 12)."""
+never raise and never break the table invariants (docs/security.md case 12)."""
 
 from __future__ import annotations
 

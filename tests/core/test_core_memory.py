@@ -1,4 +1,4 @@
-"""Memory stays flat under allocation churn (anchors.md §5.5 case 37): deleted allocations must not be kept
+"""Memory stays flat under allocation churn (docs/security.md case 37): deleted allocations must not be kept
 alive by the deadline heap until their old deadlines (600 s) pass."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Amplification (anchors.md §5.4 cases 30-32): every answer an unauthenticated sender can trigger stays within
+"""Amplification (docs/security.md cases 30-32): every answer an unauthenticated sender can trigger stays within
 3x the request, measured with the smallest valid request; the per-source 401 limit holds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Authentication and integrity (anchors.md §5.2 cases 13-20) through the sans-IO core.
+"""Authentication and integrity (docs/security.md cases 13-20) through the sans-IO core.
 
 What tests/core/test_core_auth.py already covers is referenced from SECURITY.md rather than repeated here: the 401
 challenge without state, 400 for missing USERNAME/REALM/NONCE, unknown user and wrong password, forged and stale

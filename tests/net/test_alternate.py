@@ -1,4 +1,4 @@
-"""RFC 3489 / RFC 5780 alternate-address mode (AltStunAddress / AltStunPort, reTurn.md §4.1 and §6.3).
+"""RFC 3489 / RFC 5780 alternate-address mode (AltStunAddress / AltStunPort, docs/compatibility.md "Alternate address").
 
 The server listens on 127.0.0.1 and 127.0.0.2 (both loopback on Linux) with an ephemeral TurnPort; a raw UDP
 client checks which socket each CHANGE-REQUEST combination is answered from, for classic (cookie-less) and

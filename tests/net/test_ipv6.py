@@ -1,4 +1,5 @@
-"""IPv6 listeners on TurnV6Address (reTurn.md §4.1): Binding over UDP/TCP/TLS on ::1, allocations from ::1 clients,
+"""IPv6 listeners on TurnV6Address (docs/compatibility.md "Listeners"): Binding over UDP/TCP/TLS on ::1, allocations
+from ::1 clients,
 and the IPv4-only fallback when the host has no IPv6. Tests needing IPv6 skip without it (under CI they fail:
 tests/support/requirements.py).
 """

@@ -1,4 +1,4 @@
-"""Malformed input sent to a real running server (anchors.md §5.1 cases 1-10).
+"""Malformed input sent to a real running server (docs/security.md cases 1-10).
 
 An in-process pyturn.server.Server on 127.0.0.1 gets one bad datagram or stream chunk at a time. After each the
 server must still be up, must have answered nothing or the RFC error, must hold no new state, and must still

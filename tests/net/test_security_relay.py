@@ -1,4 +1,4 @@
-"""Relay abuse and SSRF (anchors.md §5.3 cases 21-28, §5.4 case 33).
+"""Relay abuse and SSRF (docs/security.md cases 21-28, 33).
 
 Peer-policy cases run through the sans-IO core only: nothing is ever sent to the addresses under test. For each
 denied spelling the control-plane answer is checked (403 on CreatePermission and on ChannelBind) and a Send
@@ -30,7 +30,7 @@ CHANNEL = 0x4000
 PUBLIC_V4 = ("198.51.100.7", 5000)  # TEST-NET-2: allowed by default, the harness's stand-in for a public peer
 PUBLIC_V6 = ("2001:db8::7", 5000)
 
-# Denied by the built-in list whatever the configuration (anchors.md §5.3 cases 21-25).
+# Denied by the built-in list whatever the configuration (docs/security.md cases 21-25).
 BUILTIN_DENIED = [
     pytest.param("127.0.0.1", id="21-loopback"),
     pytest.param("127.255.255.254", id="21-loopback-top"),

@@ -1,4 +1,4 @@
-"""Resource exhaustion (anchors.md §5.5 cases 34-40).
+"""Resource exhaustion (docs/security.md cases 34-40).
 
 Connection caps and the file-descriptor limit are tested against real servers: in-process for the caps, and in a
 subprocess whose RLIMIT_NOFILE is lowered (preexec_fn) for the fd limit, under both the CLI (uvloop) and the

@@ -1,5 +1,5 @@
 """UserDatabaseCheckInterval: a running Server re-reads its user file when the file's mtime changed, without
-SIGHUP; a broken file keeps the old users (reTurn.md §3.3)."""
+SIGHUP; a broken file keeps the old users (docs/compatibility.md "User reload")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""reTurnServer's command line (reTurn.md §1.1): first argument = file, then --Key=Value / -Key=Value / /Key=Value."""
+"""reTurnServer's command line (docs/compatibility.md "Command line"): first argument = file, then --Key=Value /
+-Key=Value / /Key=Value."""
 
 from __future__ import annotations
 

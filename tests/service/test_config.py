@@ -1,4 +1,4 @@
-"""pyturn.config: reTurnServer.config grammar, conversions, includes, overrides, YAML (reTurn.md §1, §2)."""
+"""pyturn.config: reTurnServer.config grammar, conversions, includes, overrides, YAML (docs/compatibility.md)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def yaml_case(body: str, **kwargs: Any) -> Case:
 
 
 CASES: dict[str, Case] = {
-    # --- grammar (§1.2)
+    # --- grammar (docs/compatibility.md "Grammar")
     "key-names-case-insensitive": text("tURNpORT = 3479", expect={"turn_port": 3479}),
     "blank-and-comment-lines-ignored": text(
         "\n   \n# TurnPort = 1\n  \t# x\nTurnPort = 3479\n", expect={"turn_port": 3479}
@@ -74,7 +74,7 @@ CASES: dict[str, Case] = {
         warnings=("{cfg}:1: obsolete key 'LongTermAuthUsername' ignored; users come from UserDatabaseFile",),
     ),
     "invalid-utf8-fatal": text("SoftwareName = \udcff", error="{cfg}:1: line is not valid UTF-8"),
-    # --- booleans (§1.3)
+    # --- booleans (docs/compatibility.md "Values")
     **{
         f"bool-true-{word}": text(f"Daemonize = {word}", expect={"daemonize": True})
         for word in ("1", "true", "On", "ENABLE")
@@ -93,7 +93,7 @@ CASES: dict[str, Case] = {
         expect={"pad_software_name": True},
         warnings=("{cfg}:1: PadSoftwareName: invalid boolean 'yes' (use true or false), keeping true",),
     ),
-    # --- ports and integers (§1.3)
+    # --- ports and integers (docs/compatibility.md "Values")
     "port-zero-allowed": text("TurnPort = 0", expect={"turn_port": 0}),
     "port-out-of-range-fatal": text(
         "TurnPort = 70000", error="{cfg}:1: TurnPort: 70000 is out of range 0..65535"
@@ -188,7 +188,7 @@ CASES: dict[str, Case] = {
         "DeniedPeerAddresses = 10.0.0.0/8,,192.168.0.0/16",
         error="{cfg}:1: DeniedPeerAddresses: empty entry in the list",
     ),
-    # --- logging keys (§2.2)
+    # --- logging keys (docs/compatibility.md "Logging")
     "log-level-prefix-and-case": text("LogLevel = log_debug", expect={"log_level": "DEBUG"}),
     "log-level-unknown-means-debug": text(
         "LogLevel = LOUD",
@@ -227,7 +227,7 @@ CASES: dict[str, Case] = {
             "using Unstructured",
         ),
     ),
-    # --- file names (§1.4)
+    # --- file names (docs/compatibility.md "File names")
     "user-file-bare-name-beside-config": text(
         "UserDatabaseFile = users.txt", expect={"user_database_file": "{dir}/users.txt"}
     ),
@@ -306,7 +306,7 @@ CASES: dict[str, Case] = {
         {MAIN: "include = a.config", "a.config": "include = reTurnServer.config"},
         error="{dir}/a.config:1: include: 'reTurnServer.config' is already being read (include loop)",
     ),
-    # --- command-line overrides (§1.1)
+    # --- command-line overrides (docs/compatibility.md "Command line")
     "override-beats-file": text(
         "TurnPort = 3479", overrides=("--TurnPort=4000",), expect={"turn_port": 4000}
     ),

@@ -1,4 +1,5 @@
-"""Logging keys (reTurn.md §2.2): LoggingType, levels, reTurn's line format, JSON_CEE, file rotation, SIGHUP reopen."""
+"""Logging keys (docs/compatibility.md "Logging"): LoggingType, levels, reTurn's line format, JSON_CEE, file rotation,
+SIGHUP reopen."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SIGHUP re-reads the user file of a running `pyturn` process; a broken file keeps the old users (reTurn.md §3.3)."""
+"""SIGHUP re-reads the user file of a running `pyturn` process; a broken file keeps the old users (docs/compatibility.md
+"User reload")."""
 
 from __future__ import annotations
 

@@ -251,7 +251,8 @@ _TRANSMIT = re.compile(r"Total transmit time is (\d+)")
 
 
 def parse_uclient(output: str) -> UclientReport:
-    """The final block of turnutils_uclient 4.6.1 (anchors.md §4.4); AssertionError if it is missing."""
+    """The final block of turnutils_uclient 4.6.1 (docs/benchmarking.md "turnutils_uclient output"); AssertionError if
+    it is missing."""
     totals, lost, rtt, transmit = (p.findall(output) for p in (_TOTALS, _LOST, _RTT, _TRANSMIT))
     if not (totals and lost and rtt):
         raise AssertionError(f"turnutils_uclient printed no final report:\n{output[-4000:]}")
