@@ -46,3 +46,12 @@ def test_architecture_pure_modules_are_all_listed() -> None:
     # A new pure package must be added to the forbidden contract and to PURE above.
     assert {path.parent.name for path in PURE if path.parent != PACKAGE} == {"core", "wire"}
     assert len(PURE) > 20
+
+
+def test_architecture_public_api_exports_what_other_adapters_need() -> None:
+    import pyturn
+
+    for name in ("FiveTuple", "Transport", "StartupError", "ReloadResult", "Event", "TurnServerCore", "Action",
+                 "SendToClient", "SendFrom", "SendToPeer", "OpenRelay", "CloseRelay", "ReleasePort", "RelayFailure"):
+        assert name in pyturn.__all__, name
+        assert getattr(pyturn, name) is not None, name
