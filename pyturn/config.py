@@ -96,9 +96,9 @@ class Config:
     tcp_auth_timeout: int = 30  # seconds a TCP/TLS connection may stay unauthenticated
     max_permissions_per_allocation: int = 64  # 508 beyond (docs/security.md "Permission and channel caps")
     max_channels_per_allocation: int = 64  # 508 beyond
-    metrics_address: str = "127.0.0.1"  # the HTTP listener of /metrics, /healthz, /readyz (pyturn.metrics)
+    metrics_address: str = "127.0.0.1"  # the HTTP listener of /metrics, /healthz, /readyz (pyturn.net.metrics)
     metrics_port: int = 0  # 0 = no metrics listener
-    # shared-secret (TURN REST) credentials, pyturn.sharedsecret
+    # shared-secret (TURN REST) credentials, pyturn.core.sharedsecret
     auth_shared_secret: tuple[str, ...] = ()
     auth_shared_secret_file: str = ""
     auth_shared_secret_separator: str = ":"

@@ -1,7 +1,7 @@
 """Computing shared-secret (TURN REST) credentials, as the web service next to the TURN server does.
 
 ``rest_credentials(secret)`` gives a username and password pyturn accepts while ``AuthSharedSecret`` (or
-``shared_secret=``) holds that secret; the scheme is described in pyturn.sharedsecret.
+``shared_secret=``) holds that secret; the scheme is described in pyturn.core.sharedsecret.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class RelayedBytes:
 
     @classmethod
     def of_relay(cls, handle: Any) -> RelayedBytes:
-        """The counters of one relay socket (pyturn.net.transport.RelayEndpoint counts what it sends and receives)."""
+        """The counters of one relay socket (pyturn.net.relay.RelayEndpoint counts what it sends and receives)."""
         return cls(int(getattr(handle, "bytes_to_peer", 0)), int(getattr(handle, "bytes_to_client", 0)))
 
 

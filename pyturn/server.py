@@ -1,7 +1,7 @@
 """pyturn.Server: the listeners, the core and the timers of one server, as an async context manager.
 
 The library owns no process state: no signal handlers, no logging configuration, no sys.exit. start() and
-close() are idempotent. The CLI (pyturn.cli) wraps this with signals, PID file and exit codes.
+close() are idempotent. The CLI (pyturn.service.cli) wraps this with signals, PID file and exit codes.
 """
 
 from __future__ import annotations
@@ -33,16 +33,11 @@ from pyturn.files.secretfile import load_secret_file
 from pyturn.files.userfile import load_user_file
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.net.localaddrs import interface_addresses, server_addresses
+from pyturn.net.runtime import Runtime
+from pyturn.net.sockets import bind_stream, bind_udp, has_ipv6
+from pyturn.net.stream import make_stream_factory, start_stream_listener
 from pyturn.net.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
-from pyturn.net.transport import (
-    Runtime,
-    UdpListener,
-    bind_stream,
-    bind_udp,
-    has_ipv6,
-    make_stream_factory,
-    start_stream_listener,
-)
+from pyturn.net.udp import UdpListener
 from pyturn.wire.message import Address
 
 if TYPE_CHECKING:
@@ -180,11 +175,11 @@ class Server:
     ``relayed_bytes()`` keep them for later assertions. ``transports`` limits the listeners to some of "udp",
     "tcp", "tls" (TLS also needs TlsTurnPort or ``ssl_context``).
 
-    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.workers): on
+    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.service.workers): on
     the server's own addresses, peers are allowed on those ports only (docs/security.md "Peer policy").
 
     ``listen_sockets`` are already bound listening sockets (UDP, or TCP in listen state) that the server uses
-    instead of binding the same type, address and port itself (pyturn.workers binds them in the master, so a
+    instead of binding the same type, address and port itself (pyturn.service.workers binds them in the master, so a
     restarted worker takes over its predecessor's place in the SO_REUSEPORT group).
 
     ``shared_secret`` (one secret or several) accepts TURN REST credentials (pyturn.rest_credentials), in addition
@@ -212,7 +207,7 @@ class Server:
         # The whole relay range, where the server's own addresses are valid peers (other allocations' relays);
         # a worker's config holds only its slice of it.
         self._relay_ports = relay_ports
-        # AF_UNIX socketpairs among them link the workers' metrics (pyturn.metrics_workers).
+        # AF_UNIX socketpairs among them link the workers' metrics (pyturn.net.metrics_workers).
         self._metrics_channels = [sock for sock in listen_sockets if sock.family == socket.AF_UNIX]
         self._listen_sockets = {
             _listen_key(sock.type, *sock.getsockname()[:2]): sock

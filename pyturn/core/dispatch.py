@@ -1,6 +1,6 @@
 """The sans-IO STUN/TURN server: bytes, addresses and the time in; bytes to send and actions out.
 
-The asyncio adapters (pyturn.transport) own every socket. For an Allocate that passes every check the core
+The asyncio adapters (pyturn.net) own every socket. For an Allocate that passes every check the core
 asks for a relay socket (OpenRelay) and the adapter answers with relay_opened() or relay_failed(). For EVEN-PORT
 with the R bit the adapter also binds the odd port above and holds it until the RESERVATION-TOKEN is redeemed
 (OpenRelay.reserved takes that socket over) or the core lets it go (ReleasePort). For the
@@ -124,7 +124,7 @@ class TurnServerCore:
         self._now = 0.0  # the time of the call being handled, for deadlines set deep inside handlers
         rate = config.unauthenticated_rate_limit
         self._limiter = SourceLimiter(rate) if rate > 0 else None
-        self.stats = CoreStats()  # read by pyturn.metrics at scrape time
+        self.stats = CoreStats()  # read by pyturn.net.metrics at scrape time
 
     # ------------------------------------------------------------------------------------------ set-up
     def set_user_lookup(self, users: UserLookup) -> None:
@@ -161,7 +161,7 @@ class TurnServerCore:
 
     @property
     def ports(self) -> PortPool:
-        """The relay port pool (read by pyturn.metrics)."""
+        """The relay port pool (read by pyturn.net.metrics)."""
         return self._ports
 
     def allocation_for_handle(self, handle: Any) -> Allocation | None:

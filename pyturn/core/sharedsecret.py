@@ -70,7 +70,7 @@ def username_expiry(username: str, separator: str = DEFAULT_SEPARATOR) -> int | 
 
 
 class SharedSecrets:
-    """The secrets in force for one realm; a TimedUserLookup (pyturn.auth) for the core.
+    """The secrets in force for one realm; a TimedUserLookup (pyturn.core.auth) for the core.
 
     ``keys_at`` gives one candidate key per secret for a REST username of ``realm``, flagged expired when its
     EXPIRY is not after the Unix time ``now + unix_offset`` (the core then answers 401 even when a key verifies).

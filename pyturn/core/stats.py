@@ -1,4 +1,4 @@
-"""Plain integer counters the core and the adapters keep for pyturn.metrics to publish.
+"""Plain integer counters the core and the adapters keep for pyturn.net.metrics to publish.
 
 Pure: no clock, no I/O, no prometheus-client. Every key is drawn from a small fixed set (method names, error
 codes the server itself sends, transports, address families), never from a username, an address or a port, so
@@ -24,7 +24,7 @@ METHOD_NAMES: dict[int, str] = {
 }
 OTHER_METHOD = "other"
 
-# Why an authenticated request failed (pyturn.auth sets Challenge.failure; the core adds the others).
+# Why an authenticated request failed (pyturn.core.auth sets Challenge.failure; the core adds the others).
 UNKNOWN_USER = "unknown_user"
 BAD_INTEGRITY = "bad_integrity"
 STALE_NONCE = "stale_nonce"
@@ -74,7 +74,7 @@ class CoreStats:
 class RelayCounter:
     """Datagrams and payload bytes relayed in one direction over one client transport.
 
-    The relay loops count into locals and add them here once per wake-up (pyturn.transport), so the hot path
+    The relay loops count into locals and add them here once per wake-up (pyturn.net), so the hot path
     pays two attribute additions per batch of up to DRAIN_BATCH datagrams, not per datagram.
     """
 

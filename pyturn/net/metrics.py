@@ -1,13 +1,13 @@
 """Prometheus metrics of a running Server, read from its state at scrape time, and /healthz and /readyz.
 
 Nothing here runs per packet: the core counts requests, errors and authentication failures in a CoreStats, the
-relay loops add relayed datagrams and bytes to RelayCounters once per wake-up (pyturn.stats), and the
+relay loops add relayed datagrams and bytes to RelayCounters once per wake-up (pyturn.core.stats), and the
 collector below turns those plain integers and the live tables (allocations, permissions, channels, streams,
 the port pool) into metric families when /metrics is asked for. No label carries a username, an address or a
 port: label values come from fixed sets (transport, family, direction, method, error code, reason).
 
 With Workers = N the worker that holds the metrics socket asks every other worker for its samples over a
-socketpair the master made (pyturn.metrics_workers) and serves their sum.
+socketpair the master made (pyturn.net.metrics_workers) and serves their sum.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pyturn.core.ratelimit import TokenBucket
 from pyturn.core.stats import AUTH_FAILURE_REASONS, RelayCounter
 from pyturn.net.http_endpoint import HttpEndpoint, Response
 from pyturn.net.metrics_workers import SampleAnswerer, WorkerSum, render_sum
-from pyturn.net.transport import LISTEN_BACKLOG
+from pyturn.net.sockets import LISTEN_BACKLOG
 
 if TYPE_CHECKING:
     from pyturn.server import Server

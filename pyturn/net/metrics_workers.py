@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from pyturn.config import Config
-from pyturn.net.transport import bind_stream
+from pyturn.net.sockets import bind_stream
 
 log = logging.getLogger(__name__)
 

@@ -203,7 +203,7 @@ def _event_loop_policy() -> None:
 def run(config: Config, *, pid_file: PidFile | None = None, report: StartupReport | None = None) -> int:
     """Serve until SIGINT/SIGTERM/SIGQUIT; SIGHUP reopens the log file and reloads the users.
 
-    With Workers other than 1 this process becomes the master of worker processes (pyturn.workers).
+    With Workers other than 1 this process becomes the master of worker processes (pyturn.service.workers).
     """
     from pyturn.server import ephemeral_overlap
     from pyturn.service.workers import run_workers, worker_count

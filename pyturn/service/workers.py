@@ -6,7 +6,7 @@ the worker that accepted it), so each worker runs an ordinary, independent Serve
 * each owns a slice of AllocationPortRangeMin..Max, so their relay ports never collide;
 * all share one nonce secret, so a nonce issued by one worker is good at another, and so is a RESERVATION-TOKEN
   (its MAC): the issuing worker holds the reserved port with SO_REUSEPORT, so the redeeming one can bind it too
-  and take its traffic over (Runtime._hold_reserved in pyturn.transport);
+  and take its traffic over (Runtime._hold_reserved in pyturn.net.runtime);
 * each reads the same user file; SIGHUP is forwarded to every worker;
 * a worker that dies is restarted on its own slice without disturbing the others.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from pyturn.config import Config
 from pyturn.net.metrics_workers import worker_metrics_sockets
-from pyturn.net.transport import bind_stream, bind_udp, has_ipv6
+from pyturn.net.sockets import bind_stream, bind_udp, has_ipv6
 from pyturn.service.daemon import (
     EXIT_OK,
     EXIT_STARTUP,
@@ -153,7 +153,7 @@ class WorkerPool:
         slices = port_slices(low, high, worker_count(config))
         self.workers: list[_Worker] = []
         self.stopping = False
-        # MetricsPort: worker 0 serves the sum over all workers (pyturn.metrics_workers).
+        # MetricsPort: worker 0 serves the sum over all workers (pyturn.net.metrics_workers).
         metrics_sockets = worker_metrics_sockets(config, len(slices))
         try:
             for index, (lo, hi) in enumerate(slices):

@@ -1,4 +1,4 @@
-"""pyturn.auth: stateless nonces and the long-term credential checks in reTurn's order."""
+"""pyturn.core.auth: stateless nonces and the long-term credential checks in reTurn's order."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fuzz harness for the STUN/TURN wire codec (pyturn.stun).
+"""Fuzz harness for the STUN/TURN wire codec (pyturn.wire).
 
 One input is decoded as a STUN message, as ChannelData, and fed to StreamFramers in chunks. Only StunDecodeError may
 escape a decoder; anything else is a crash. A decoded message must re-encode and decode to the same method, class,

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzzkit
 
 sys.path.insert(0, str(fuzzkit.TESTS_DIR / "support"))
+sys.path.insert(0, str(fuzzkit.TESTS_DIR / "core"))
 
 with fuzzkit.instrumented_imports(__name__ == "__main__"):
     from test_core_fuzz import PASSWORD, PEERS, REALM, Driver, check_invariants

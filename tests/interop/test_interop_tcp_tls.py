@@ -1,5 +1,5 @@
 """TURN over TCP and TLS (RFC 8656 §12.5, RFC 7443): real clients (aioice, coturn's turnutils_uclient) and a raw
-stream client built on pyturn.stun for framing, limits, TLS key layouts, ALPN and certificate reload.
+stream client built on pyturn.wire for framing, limits, TLS key layouts, ALPN and certificate reload.
 
 Everything runs on 127.0.0.1 with ephemeral ports; every wait is bounded.
 """
@@ -33,98 +33,21 @@ from interop import (
     turnutils_peer,
     write_config,
 )
+from streamclient import StreamTurnClient
 
 from pyturn.config import Config
 from pyturn.errors import PyturnError
 from pyturn.net.tls import TlsSetupError, make_server_context
 from pyturn.server import Server
 from pyturn.wire.codec import decode_message, encode_message
-from pyturn.wire.framing import StreamFramer, decode_channel_data, encode_channel_data
-from pyturn.wire.integrity import long_term_key
-from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
+from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.message import Address, Message, MessageClass, Method
 
 WAIT = 5.0
 CHANNEL = 0x4000
 
 
 # ------------------------------------------------------------------------------------------- helpers
-class StreamTurnClient:
-    """A long-term-credential TURN client over one TCP or TLS stream, for framing tests.
-
-    Frames are split with pyturn.wire.framing.StreamFramer using the same padding rule as the server under test.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, padding: bool) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.padding = padding
-        self.framer = StreamFramer(channel_padding=padding)
-        self.frames: list[bytes] = []
-        self.key: bytes | None = None
-        self.realm = ""
-        self.nonce = ""
-
-    @classmethod
-    async def connect(
-        cls, address: Address, *, padding: bool = True, context: ssl.SSLContext | None = None
-    ) -> StreamTurnClient:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(address[0], address[1], ssl=context), WAIT
-        )
-        return cls(reader, writer, padding=padding)
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), WAIT)
-        except (OSError, TimeoutError, ssl.SSLError):
-            pass
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def next_frame(self, timeout: float = WAIT) -> bytes:
-        while not self.frames:
-            chunk = await asyncio.wait_for(self.reader.read(65536), timeout)
-            if not chunk:
-                raise ConnectionError("server closed the stream")
-            self.frames.extend(self.framer.feed(chunk))
-        return self.frames.pop(0)
-
-    async def transact(self, request: Message) -> Message:
-        if self.key is not None:
-            request.add(Attr.USERNAME, USERNAME).add(Attr.REALM, self.realm).add(Attr.NONCE, self.nonce)
-            await self.write(encode_message(request, integrity_key=self.key, fingerprint=True))
-        else:
-            await self.write(encode_message(request, fingerprint=True))
-        while True:
-            frame = await self.next_frame()
-            if frame[0] & 0xC0 == 0:
-                response = decode_message(frame)
-                if response.transaction_id == request.transaction_id:
-                    return response
-
-    async def request(self, method: int, *attributes: tuple[int, Any]) -> Message:
-        response = await self.transact(Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes)))
-        if response.msg_class is MessageClass.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
-            self.realm = response.get(Attr.REALM)
-            self.nonce = response.get(Attr.NONCE)
-            self.key = long_term_key(USERNAME, self.realm, PASSWORD)
-            response = await self.transact(Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes)))
-        assert response.msg_class is MessageClass.SUCCESS, response.get(Attr.ERROR_CODE)
-        return response
-
-    async def allocate_with_channel(self, peer: Address, channel: int = CHANNEL) -> Address:
-        response = await self.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17))
-        await self.request(Method.CHANNEL_BIND, (Attr.CHANNEL_NUMBER, channel), (Attr.XOR_PEER_ADDRESS, peer))
-        relayed: Address = response.get(Attr.XOR_RELAYED_ADDRESS)
-        return relayed
-
-    async def binding(self) -> Message:
-        return await self.transact(Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12)))
-
-
 async def wait_until(predicate: Any, timeout: float = WAIT) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

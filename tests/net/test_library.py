@@ -25,7 +25,7 @@ from pyturn import (
     UserDB,
 )
 from pyturn.hooks import EventLog
-from pyturn.net.transport import has_ipv6
+from pyturn.net.sockets import has_ipv6
 from pyturn.server import StartupError, loopback_config
 from pyturn.testing import self_signed_certificate, server_ssl_context
 from pyturn.wire.codec import decode_message, encode_message

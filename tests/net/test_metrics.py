@@ -1,4 +1,4 @@
-"""The metrics endpoint (pyturn.metrics): /metrics scraped with a real HTTP client while relaying, /healthz,
+"""The metrics endpoint (pyturn.net.metrics): /metrics scraped with a real HTTP client while relaying, /healthz,
 /readyz, bad input on the HTTP listener, the Grafana dashboard's metric names, MetricsAddress/MetricsPort."""
 
 from __future__ import annotations
@@ -9,15 +9,13 @@ import os
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from interop import PASSWORD, USERNAME, MiniTurnClient, TurnRequestFailed, start_echo_peer
-from prometheus_client.parser import text_string_to_metric_families
+from metricsclient import free_tcp_port, http_get, receive_payloads, scrape, value
 
 from pyturn.errors import ConfigError
 from pyturn.files.configfile import load_config
@@ -31,33 +29,6 @@ from pyturn.wire.message import Attr, Message, MessageClass, Method
 DASHBOARD = Path(__file__).resolve().parents[2] / "conf" / "grafana-pyturn.json"
 WAIT = 5.0
 CHANNEL = 0x4000
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http_get(address: tuple[str, int], path: str) -> tuple[int, str]:
-    try:
-        with _OPENER.open(f"http://{address[0]}:{address[1]}{path}", timeout=WAIT) as answer:
-            return int(answer.status), answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return int(error.code), error.read().decode()
-
-
-async def scrape(address: tuple[str, int]) -> Series:
-    """GET /metrics in a thread (urllib, a real HTTP client), parsed by prometheus-client's parser."""
-    status, text = await asyncio.to_thread(http_get, address, "/metrics")
-    assert status == 200, text
-    series: Series = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            series[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return series
-
-
-def value(series: Series, name: str, **labels: str) -> float:
-    return series[(name, frozenset(labels.items()))]
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     async with Server(users={USERNAME: PASSWORD}) as running:
@@ -68,21 +39,6 @@ async def server() -> AsyncIterator[Server]:
 def metrics_address(server: Server) -> tuple[str, int]:
     assert server.metrics is not None
     return server.metrics.address
-
-
-async def receive_payloads(client: MiniTurnClient, count: int) -> list[bytes]:
-    """`count` relayed payloads (Data indications or ChannelData) the client receives, within WAIT."""
-    payloads: list[bytes] = []
-    deadline = time.monotonic() + WAIT
-    while len(payloads) < count:
-        packet = await client.receive(max(deadline - time.monotonic(), 0.01))
-        if packet[0] & 0xC0 == 0x40:
-            payloads.append(packet[4:4 + int.from_bytes(packet[2:4], "big")])
-        elif packet[0] & 0xC0 == 0:
-            message = decode_message(packet)
-            if message.method == Method.DATA and message.msg_class is MessageClass.INDICATION:
-                payloads.append(message.get(Attr.DATA))
-    return payloads
 
 
 async def test_metrics_count_exactly_the_packets_relayed_each_way(server: Server) -> None:
@@ -287,12 +243,6 @@ async def test_server_opens_the_configured_metrics_port_and_refuses_a_taken_one(
         assert (await asyncio.to_thread(http_get, running.metrics.address, "/readyz"))[0] == 200
     async with Server(users={USERNAME: PASSWORD}) as running:
         assert running.metrics is None  # MetricsPort 0: no listener
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_config_metrics_keys(tmp_path: Path) -> None:

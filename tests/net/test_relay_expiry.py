@@ -122,7 +122,7 @@ async def test_tcp_fast_path_stops_relaying_a_channel_within_one_tick_of_its_exp
     monkeypatch: pytest.MonkeyPatch, peer_socket: socket.socket
 ) -> None:
     """The same over TCP: StreamConnection's route lookup and the relay's stream write (RFC 8656 §12.5)."""
-    from test_interop_tcp_tls import StreamTurnClient
+    from streamclient import StreamTurnClient
 
     monkeypatch.setattr(pyturn.core.permissions, "CHANNEL_LIFETIME", SHORT_LIFETIME)
     loop = asyncio.get_running_loop()

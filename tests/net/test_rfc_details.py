@@ -18,7 +18,7 @@ from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient, TurnRequestFai
 from requirements import require, require_module
 from turnclient import PEER, Harness, TurnClient, make_config, new_tid
 
-import pyturn.net.transport
+import pyturn.net.runtime
 from pyturn.core.actions import OpenRelay, RelayFailure, SendToPeer
 from pyturn.errors import StunDecodeError
 from pyturn.server import Server, loopback_config
@@ -230,7 +230,7 @@ async def test_rfc8656_s7_2_dont_fragment_setsockopt_failure_gets_420_on_a_real_
         with MiniTurnClient(server.addresses["udp"][0]) as client:
             assert await client.allocate((Attr.DONT_FRAGMENT, True))  # Linux honours DF on loopback
             await client.refresh(0)
-        monkeypatch.setattr(pyturn.net.transport, "set_dont_fragment", lambda sock, family: False)
+        monkeypatch.setattr(pyturn.net.runtime, "set_dont_fragment", lambda sock, family: False)
         with MiniTurnClient(server.addresses["udp"][0]) as client:
             with pytest.raises(TurnRequestFailed) as refused:
                 await client.allocate((Attr.DONT_FRAGMENT, True))

@@ -39,7 +39,7 @@ from interop import (
 from turnclient import Harness, TurnClient, make_config
 
 from pyturn.config import Config
-from pyturn.net.transport import FD_RESERVE, FDS_PER_STREAM, derived_stream_limit, socket_budget, stream_limit
+from pyturn.net.limits import FD_RESERVE, FDS_PER_STREAM, derived_stream_limit, socket_budget, stream_limit
 from pyturn.server import Server
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.message import Attr, Message, MessageClass, Method
@@ -334,13 +334,13 @@ async def test_security_real_emfile_at_accept_under_uvloop(tmp_path: Path) -> No
 async def test_security_relay_bind_emfile_is_508_logged_once(
     loopback_config: Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import pyturn.net.transport
+    import pyturn.net.runtime
 
     def out_of_descriptors(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")
 
     async with Server(loopback_config, users={USERNAME: PASSWORD}) as server:
-        monkeypatch.setattr(pyturn.net.transport, "bind_udp", out_of_descriptors)
+        monkeypatch.setattr(pyturn.net.runtime, "bind_udp", out_of_descriptors)
         with caplog.at_level(logging.INFO, logger="pyturn"):
             for _ in range(10):
                 with MiniTurnClient(server.addresses["udp"][0]) as client:

@@ -19,7 +19,7 @@ from interop import (
     start_echo_peer,
     write_config,
 )
-from test_metrics import free_tcp_port, http_get, receive_payloads, scrape, value
+from metricsclient import free_tcp_port, http_get, receive_payloads, scrape, value
 
 from pyturn.service.daemon import EXIT_CONFIG, EXIT_OK
 

@@ -1,4 +1,4 @@
-"""Workers = N: a master and N worker processes sharing TurnPort through SO_REUSEPORT (pyturn.workers).
+"""Workers = N: a master and N worker processes sharing TurnPort through SO_REUSEPORT (pyturn.service.workers).
 
 Which worker serves a flow is the kernel's choice (a hash of the 5-tuple), so the tests tell workers apart by
 the relay port slice an allocation lands in, and they try many client source ports until every worker answered.

@@ -284,7 +284,7 @@ class TurnRequestFailed(Exception):
 
 
 class MiniTurnClient:
-    """Just enough of a long-term-credential TURN client over UDP, built on pyturn.stun, for tests.
+    """Just enough of a long-term-credential TURN client over UDP, built on pyturn.wire, for tests.
 
     Requests retransmit (RFC 8489 §6.2.1, shortened) and every wait is bounded.
     """

@@ -1,4 +1,4 @@
-"""Example-based tests of pyturn.stun: RFC 5769 vectors, malformed messages, ChannelData, stream framing."""
+"""Example-based tests of pyturn.wire: RFC 5769 vectors, malformed messages, ChannelData, stream framing."""
 
 from __future__ import annotations
 

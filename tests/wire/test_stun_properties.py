@@ -1,4 +1,4 @@
-"""Property tests of pyturn.stun: every attribute type round-trips; no input makes the decoders raise
+"""Property tests of pyturn.wire: every attribute type round-trips; no input makes the decoders raise
 anything but StunDecodeError."""
 
 from __future__ import annotations
