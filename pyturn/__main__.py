@@ -1,3 +1,3 @@
-from pyturn.service.cli import main
+from pyturn.ops.cli import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """pyturn.Server: the listeners, the core and the timers of one server, as an async context manager.
 
 The library owns no process state: no signal handlers, no logging configuration, no sys.exit. start() and
-close() are idempotent. The CLI (pyturn.service.cli) wraps this with signals, PID file and exit codes.
+close() are idempotent. The CLI (pyturn.ops.cli) wraps this with signals, PID file and exit codes.
 """
 
 from __future__ import annotations
@@ -175,11 +175,11 @@ class Server:
     ``relayed_bytes()`` keep them for later assertions. ``transports`` limits the listeners to some of "udp",
     "tcp", "tls" (TLS also needs TlsTurnPort or ``ssl_context``).
 
-    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.service.workers): on
+    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.ops.workers): on
     the server's own addresses, peers are allowed on those ports only (docs/security.md "Peer policy").
 
     ``listen_sockets`` are already bound listening sockets (UDP, or TCP in listen state) that the server uses
-    instead of binding the same type, address and port itself (pyturn.service.workers binds them in the master, so a
+    instead of binding the same type, address and port itself (pyturn.ops.workers binds them in the master, so a
     restarted worker takes over its predecessor's place in the SO_REUSEPORT group).
 
     ``shared_secret`` (one secret or several) accepts TURN REST credentials (pyturn.rest_credentials), in addition

@@ -8,7 +8,7 @@ check --fix afterwards to sort the imports. Names are resolved against the tree 
 cannot place is printed as UNRESOLVED. Monkeypatched module attributes may need a look: a constant now lives in
 the module that uses it (for example CHANNEL_LIFETIME is read by pyturn.core.permissions).
 Test helpers moved too: tests/X.py helpers are in tests/support/ (on sys.path through pyproject's pytest
-pythonpath), tests are in tests/{wire,core,net,service,interop}/.
+pythonpath), tests are in tests/{wire,core,net,ops,interop}/.
 """
 
 import ast
@@ -61,17 +61,17 @@ MAP = {
     "pyturn.http_endpoint": ["pyturn.net.http_endpoint"],
     "pyturn.metrics": ["pyturn.net.metrics"],
     "pyturn.metrics_workers": ["pyturn.net.metrics_workers"],
-    "pyturn.service": ["pyturn.service.daemon"],
-    "pyturn.cli": ["pyturn.service.cli"],
-    "pyturn.workers": ["pyturn.service.workers"],
-    "pyturn.logsetup": ["pyturn.service.logsetup"],
-    "pyturn.subcommands": ["pyturn.service.subcommands"],
-    "pyturn.users_command": ["pyturn.service.users_command"],
-    "pyturn.credentials_command": ["pyturn.service.credentials_command"],
-    "pyturn.dns_records": ["pyturn.service.dns_records"],
-    "pyturn.status": ["pyturn.service.status"],
-    "pyturn.probe": ["pyturn.service.probe"],
-    "pyturn.manpage": ["pyturn.service.manpage"],
+    "pyturn.service": ["pyturn.ops.daemon"],
+    "pyturn.cli": ["pyturn.ops.cli"],
+    "pyturn.workers": ["pyturn.ops.workers"],
+    "pyturn.logsetup": ["pyturn.ops.logsetup"],
+    "pyturn.subcommands": ["pyturn.ops.subcommands"],
+    "pyturn.users_command": ["pyturn.ops.users_command"],
+    "pyturn.credentials_command": ["pyturn.ops.credentials_command"],
+    "pyturn.dns_records": ["pyturn.ops.dns_records"],
+    "pyturn.status": ["pyturn.ops.status"],
+    "pyturn.probe": ["pyturn.ops.probe"],
+    "pyturn.manpage": ["pyturn.ops.manpage"],
     "pyturn.core.dispatch": [
         "pyturn.core.dispatch",
         "pyturn.core.transactions",

@@ -1,5 +1,5 @@
 """Reading a server's metrics in tests: /metrics and /healthz over a real HTTP client, parsed with prometheus-client's
-parser (tests/net/test_metrics.py, tests/service/test_metrics_cli.py)."""
+parser (tests/net/test_metrics.py, tests/ops/test_metrics_cli.py)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from interop import python_module_available, run_pyturn_cli
 
-from pyturn.service.cli import main
+from pyturn.ops.cli import main
 
 SECRET = "zone-secret-7d2b"
 

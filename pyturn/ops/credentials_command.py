@@ -17,8 +17,8 @@ from pyturn.credentials import DEFAULT_TTL, ice_servers_entry, rest_credentials
 from pyturn.errors import ConfigError
 from pyturn.files.configfile import load_config
 from pyturn.files.secretfile import load_secret_file
-from pyturn.service.daemon import EXIT_CONFIG, EXIT_OK
-from pyturn.service.subcommands import EXIT_NO_INPUT, CommandParser
+from pyturn.ops.daemon import EXIT_CONFIG, EXIT_OK
+from pyturn.ops.subcommands import EXIT_NO_INPUT, CommandParser
 
 WILDCARDS = ("0.0.0.0", "::", "")
 

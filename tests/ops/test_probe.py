@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyturn.service.probe import ProbeError, format_address, probe_udp
+from pyturn.ops.probe import ProbeError, format_address, probe_udp
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.message import Attr, MessageClass, error_response
 

@@ -2,7 +2,7 @@
 
 Exit codes (documented in README): 0 clean stop; 64 usage error; 78 configuration error; 71 start-up failure
 (a port in use, an address not available, unusable TLS files, a failed privilege drop); 75 already running
-(PidFile names a live pyturn). Process plumbing (PID file, daemonizing, RunAsUser, sd_notify) is in pyturn.service.
+(PidFile names a live pyturn). Process plumbing (PID file, daemonizing, RunAsUser, sd_notify) is in pyturn.ops.daemon.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pyturn import __version__
 from pyturn.config import Config, ConfigWarning
 from pyturn.errors import ConfigError, PyturnError, UserDBError
 from pyturn.files.configfile import load_config
-from pyturn.service.daemon import (
+from pyturn.ops.daemon import (
     EXIT_ALREADY_RUNNING,
     EXIT_CONFIG,
     EXIT_OK,
@@ -36,9 +36,9 @@ from pyturn.service.daemon import (
     notify_reloading,
     notify_stopping,
 )
-from pyturn.service.logsetup import NOTICE, configure_logging, log_file_descriptors, reopen_log_files
-from pyturn.service.subcommands import COMMANDS as HELPER_COMMANDS
-from pyturn.service.subcommands import run_subcommand
+from pyturn.ops.logsetup import NOTICE, configure_logging, log_file_descriptors, reopen_log_files
+from pyturn.ops.subcommands import COMMANDS as HELPER_COMMANDS
+from pyturn.ops.subcommands import run_subcommand
 
 log = logging.getLogger("pyturn")
 
@@ -74,7 +74,7 @@ class UsageError(Exception):
 
 
 def _status(argv: Sequence[str]) -> int:
-    from pyturn.service import status
+    from pyturn.ops import status
 
     return status.main(argv)
 
@@ -203,10 +203,10 @@ def _event_loop_policy() -> None:
 def run(config: Config, *, pid_file: PidFile | None = None, report: StartupReport | None = None) -> int:
     """Serve until SIGINT/SIGTERM/SIGQUIT; SIGHUP reopens the log file and reloads the users.
 
-    With Workers other than 1 this process becomes the master of worker processes (pyturn.service.workers).
+    With Workers other than 1 this process becomes the master of worker processes (pyturn.ops.workers).
     """
+    from pyturn.ops.workers import run_workers, worker_count
     from pyturn.server import ephemeral_overlap
-    from pyturn.service.workers import run_workers, worker_count
 
     overlap = ephemeral_overlap(config.allocation_port_range_min, config.allocation_port_range_max)
     if overlap is not None:

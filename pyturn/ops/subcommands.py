@@ -27,7 +27,7 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def run_subcommand(name: str, argv: Sequence[str]) -> int:
-    from pyturn.service import credentials_command, dns_records, users_command
+    from pyturn.ops import credentials_command, dns_records, users_command
 
     commands: dict[str, Callable[[Sequence[str]], int]] = {
         "users": users_command.main,

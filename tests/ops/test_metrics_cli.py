@@ -21,11 +21,11 @@ from interop import (
 )
 from metricsclient import free_tcp_port, http_get, receive_payloads, scrape, value
 
-from pyturn.service.daemon import EXIT_CONFIG, EXIT_OK
+from pyturn.ops.daemon import EXIT_CONFIG, EXIT_OK
 
 RELAY_LOW = 47000
 RELAY_HIGH = 47999
-SLICES = ((47000, 47499), (47500, 47999))  # pyturn.service.workers.port_slices for two workers, written out
+SLICES = ((47000, 47499), (47500, 47999))  # pyturn.ops.workers.port_slices for two workers, written out
 CLIENT_ATTEMPTS = 60
 READY_TIMEOUT = 10.0
 EXIT_UNAVAILABLE = 69

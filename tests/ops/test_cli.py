@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyturn.service.cli import DEFAULT_CONFIG, UsageError, parse_arguments
+from pyturn.ops.cli import DEFAULT_CONFIG, UsageError, parse_arguments
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_cli_parse_arguments_refuses(argv: list[str]) -> None:
 def test_cli_first_argument_users_credentials_dns_records_selects_a_helper_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pyturn.service.cli import main
+    from pyturn.ops.cli import main
 
     assert main(["users"]) == 64  # an action is required
     assert main(["credentials", "--help"]) == 0

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pyturn.config import Config
 from pyturn.net.metrics_workers import worker_metrics_sockets
 from pyturn.net.sockets import bind_stream, bind_udp, has_ipv6
-from pyturn.service.daemon import (
+from pyturn.ops.daemon import (
     EXIT_OK,
     EXIT_STARTUP,
     StartupReport,
@@ -236,7 +236,7 @@ class WorkerPool:
                 self._reap_and_restart()
             elif info.si_signo == signal.SIGHUP:
                 notify_reloading()
-                from pyturn.service.logsetup import reopen_log_files
+                from pyturn.ops.logsetup import reopen_log_files
 
                 reopen_log_files()
                 self._forward(signal.SIGHUP)

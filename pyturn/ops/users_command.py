@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Sequence
 
 from pyturn.core.userdb import htdigest_line, user_line_identity
-from pyturn.service.daemon import EXIT_OK, EXIT_USAGE
-from pyturn.service.subcommands import EXIT_CANT_CREATE, EXIT_NO_INPUT, EXIT_REFUSED, CommandParser
+from pyturn.ops.daemon import EXIT_OK, EXIT_USAGE
+from pyturn.ops.subcommands import EXIT_CANT_CREATE, EXIT_NO_INPUT, EXIT_REFUSED, CommandParser
 
 DEFAULT_REALM = "reTurn"  # AuthenticationRealm's default
 NEW_FILE_MODE = 0o640  # HA1 keys are password equivalents for this realm: not world-readable

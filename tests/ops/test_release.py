@@ -96,7 +96,7 @@ def test_release_wheel_carries_metadata_entry_points_and_package_data(dist: Path
     assert "cryptography>=38" in requirements
     assert any(line.startswith("pyyaml>=6") for line in requirements)
     assert any(line.startswith("uvloop>=0.17") for line in requirements)
-    assert "pyturn = pyturn.service.cli:main" in entry_points
+    assert "pyturn = pyturn.ops.cli:main" in entry_points
     assert "[pytest11]" in entry_points and "pyturn = pyturn.testing" in entry_points
 
 

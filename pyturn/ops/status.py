@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyturn.errors import ConfigError
 from pyturn.files.configfile import load_config
-from pyturn.service.daemon import EXIT_CONFIG, EXIT_OK, EXIT_USAGE
+from pyturn.ops.daemon import EXIT_CONFIG, EXIT_OK, EXIT_USAGE
 
 EXIT_NOT_READY = 1
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE

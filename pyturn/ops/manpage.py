@@ -1,4 +1,4 @@
-"""`python -m pyturn.service.manpage DIR`: writes the pyturn(8) and reTurnServer.config(5) manual pages into DIR.
+"""`python -m pyturn.ops.manpage DIR`: writes the pyturn(8) and reTurnServer.config(5) manual pages into DIR.
 
 The key list of reTurnServer.config(5) comes from pyturn.config.KEYS, so the manual cannot drift from the parser.
 SOURCE_DATE_EPOCH (set by dpkg-buildpackage from debian/changelog) dates the pages, for reproducible builds.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyturn import __version__
 from pyturn.config import KEYS, KeySpec, Kind, format_value
-from pyturn.service.daemon import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, EXIT_USAGE
+from pyturn.ops.daemon import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, EXIT_USAGE
 
 __all__ = ["config_page", "main", "server_page", "write_pages"]
 
@@ -186,7 +186,7 @@ def write_pages(directory: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if len(arguments) != 1 or arguments[0].startswith("-"):
-        sys.stderr.write("usage: python -m pyturn.service.manpage DIRECTORY\n")
+        sys.stderr.write("usage: python -m pyturn.ops.manpage DIRECTORY\n")
         return EXIT_USAGE
     for path in write_pages(Path(arguments[0])):
         sys.stdout.write(f"{path}\n")

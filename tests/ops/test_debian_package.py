@@ -27,7 +27,7 @@ import pyturn
 from pyturn.config import KEYS
 from pyturn.files.configfile import load_config
 from pyturn.files.userfile import load_user_file
-from pyturn.service.manpage import config_page, server_page
+from pyturn.ops.manpage import config_page, server_page
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEBIAN = REPOSITORY / "debian"

@@ -1,4 +1,4 @@
-"""Workers = N: a master and N worker processes sharing TurnPort through SO_REUSEPORT (pyturn.service.workers).
+"""Workers = N: a master and N worker processes sharing TurnPort through SO_REUSEPORT (pyturn.ops.workers).
 
 Which worker serves a flow is the kernel's choice (a hash of the 5-tuple), so the tests tell workers apart by
 the relay port slice an allocation lands in, and they try many client source ports until every worker answered.
@@ -38,8 +38,8 @@ from interop import (
 )
 
 from pyturn.config import Config
-from pyturn.service.daemon import EXIT_STARTUP
-from pyturn.service.workers import port_slices, worker_count
+from pyturn.ops.daemon import EXIT_STARTUP
+from pyturn.ops.workers import port_slices, worker_count
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.integrity import long_term_key
 from pyturn.wire.message import Attr, Message, MessageClass, Method

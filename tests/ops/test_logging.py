@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pyturn.config import Config
-from pyturn.service.logsetup import (
+from pyturn.ops.logsetup import (
     NOTICE,
     STACK,
     JsonCeeFormatter,

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pyturn.config import Config
 from pyturn.errors import ConfigError
 from pyturn.files.configfile import load_config
-from pyturn.service.daemon import EXIT_CONFIG, EXIT_OK
-from pyturn.service.subcommands import CommandParser
+from pyturn.ops.daemon import EXIT_CONFIG, EXIT_OK
+from pyturn.ops.subcommands import CommandParser
 
 DEFAULT_HOST = "turn"
 DEFAULT_TTL = 3600

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from requirements import require
 
-from pyturn.service import daemon as service
-from pyturn.service.daemon import AlreadyRunning, PidFile, ServiceError, resolve_identity, sd_notify
+from pyturn.ops import daemon as service
+from pyturn.ops.daemon import AlreadyRunning, PidFile, ServiceError, resolve_identity, sd_notify
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
