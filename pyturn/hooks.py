@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyturn.allocation import FiveTuple
-from pyturn.core import (
+from pyturn.core.allocation import FiveTuple
+from pyturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
@@ -26,7 +26,7 @@ from pyturn.core import (
     Event,
     PermissionInstalled,
 )
-from pyturn.stun import Address
+from pyturn.wire.message import Address
 
 __all__ = ["EVENTS_KEPT", "AllocationEnded", "EventLog", "Hooks", "RelayedBytes"]
 
@@ -48,7 +48,7 @@ class RelayedBytes:
 
     @classmethod
     def of_relay(cls, handle: Any) -> RelayedBytes:
-        """The counters of one relay socket (pyturn.transport.RelayEndpoint counts what it sends and receives)."""
+        """The counters of one relay socket (pyturn.net.relay.RelayEndpoint counts what it sends and receives)."""
         return cls(int(getattr(handle, "bytes_to_peer", 0)), int(getattr(handle, "bytes_to_client", 0)))
 
 

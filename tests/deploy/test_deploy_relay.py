@@ -20,17 +20,9 @@ from interop import MiniTurnClient, TurnRequestFailed
 from netns import ALT_STUN_ADDRESS, TURN_ADDRESS, TURN_V6_ADDRESS, require_tool
 from test_interop_tcp_tls import StreamTurnClient
 
-from pyturn.stun import (
-    Address,
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 pytestmark = pytest.mark.deploy
 

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 from interop import MiniTurnClient
+from metricsclient import http_get
 from netns import ALT_STUN_ADDRESS, TURN_ADDRESS, Namespace, PyturnServer, pyturn_in, require_root_netns, write_config
 from test_deploy_webrtc import PAGE_SCRIPT, Chromium, chromium_in_namespace
-from test_metrics import http_get
 
-from pyturn.stun import Attr, MessageClass, Method, decode_message
+from pyturn.wire.codec import decode_message
+from pyturn.wire.message import Attr, MessageClass, Method
 
 pytestmark = pytest.mark.deploy
 __all__ = ["chromium_in_namespace"]  # the module-scoped fixture, used here with this module's `deployment`
