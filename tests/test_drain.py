@@ -2,7 +2,7 @@
 drained by `pyturn drain` (SIGUSR1 through the PidFile), by SIGUSR1 with Workers = 2, and cut short by SIGTERM.
 
 127.0.0.1 and 127.0.0.2 are both loopback on Linux; the deployment-shaped version with two addresses in a network
-namespace is tests/test_scaling_netns.py.
+namespace is tests/deploy/test_deploy_scaling.py.
 """
 
 from __future__ import annotations
