@@ -31,10 +31,10 @@ import pytest
 from pyturn.errors import PyturnError
 
 if TYPE_CHECKING:
-    from pyturn.core import Event
+    from pyturn.core.events import Event
     from pyturn.hooks import AllocationEnded, RelayedBytes
-    from pyturn.stun import Address
     from pyturn.threaded import ThreadedServer
+    from pyturn.wire.message import Address
 
 # The plugin loads in every pytest run of every project that installs pyturn: the server modules are imported
 # only when a test asks for the fixture.
@@ -102,7 +102,7 @@ def server_ssl_context(certificate: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certificate, key)
-    from pyturn.tls import ALPN_PROTOCOLS
+    from pyturn.net.tls import ALPN_PROTOCOLS
 
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     return context
@@ -179,7 +179,8 @@ def turn_server(
     if not transports or unknown:
         raise pytest.UsageError(f"@pytest.mark.{MARKER}: transports must be some of {TRANSPORTS}, got {transports}")
     lifetime = options.pop("lifetime", None)
-    if lifetime is not None:  # default = floor and maximum = cap (reTurn.md §6.5): every allocation gets exactly this
+    # default = floor and maximum = cap (docs/compatibility.md "Lifetimes"): every allocation gets exactly this
+    if lifetime is not None:
         options.setdefault("default_allocation_lifetime", lifetime)
         options.setdefault("max_allocation_lifetime", lifetime)
     try:

@@ -17,11 +17,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from pyturn.config import Config
-from pyturn.core import Event
+from pyturn.core.events import Event
 from pyturn.errors import PyturnError
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
 from pyturn.server import TRANSPORTS, ReloadResult, Server, Users
-from pyturn.stun import Address
+from pyturn.wire.message import Address
 
 __all__ = ["ThreadedServer", "run_in_thread"]
 
