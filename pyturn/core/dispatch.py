@@ -529,7 +529,8 @@ class TurnServerCore:
         allocation.channels.clear()
         allocation.permissions.clear()
         allocation.responses.clear()
-        return [CloseRelay(handle), *released, AllocationDeleted(five_tuple, reason, handle)]
+        deleted = AllocationDeleted(five_tuple, allocation.username, allocation.relayed, reason)
+        return [CloseRelay(handle), *released, deleted]
 
 
 

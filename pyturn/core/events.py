@@ -7,7 +7,6 @@ them (docs/architecture.md "Sans-IO contract").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from pyturn.core.allocation import FiveTuple
 from pyturn.wire.message import Address
@@ -29,9 +28,19 @@ class AllocationRefreshed:
 
 @dataclass(frozen=True, slots=True)
 class AllocationDeleted:
+    """An allocation that was deleted, with what its relay socket relayed over its whole life.
+
+    ``reason``: "refresh" (the client sent LIFETIME 0), "expired", "closed" (its TCP/TLS connection closed) or
+    "shutdown" (the server closed). The core leaves the byte counts at 0: it never sees the relayed bytes. The
+    asyncio adapter fills them in from the relay socket it closed (pyturn.net.runtime) before any hook sees the event.
+    """
+
     five_tuple: FiveTuple
-    reason: str  # "refresh", "expired", "closed", "shutdown"
-    handle: Any
+    username: str
+    relayed: Address | None
+    reason: str
+    bytes_to_peer: int = 0
+    bytes_to_client: int = 0
 
 
 @dataclass(frozen=True, slots=True)

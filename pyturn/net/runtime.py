@@ -5,6 +5,7 @@ allocation lifecycle from the core's events (docs/architecture.md "Sans-IO contr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import resource
@@ -131,6 +132,7 @@ class Runtime:
             self.streams_per_source.pop(client_ip, None)
 
     def dispatch(self, actions: list[Action]) -> None:
+        closing: Any = None  # the relay socket of the last CloseRelay, whose counters an AllocationDeleted reports
         for action in actions:
             kind = type(action)
             if kind is SendToClient:
@@ -144,7 +146,8 @@ class Runtime:
             elif kind is OpenRelay:
                 self._open_relay(action)  # type: ignore[arg-type]
             elif kind is CloseRelay:
-                action.handle.close()  # type: ignore[union-attr]
+                closing = action.handle  # type: ignore[union-attr]
+                closing.close()
             elif kind is ReleasePort:
                 self.release_reserved(action.family, action.port)  # type: ignore[union-attr]
             elif kind is SendFrom:
@@ -152,6 +155,13 @@ class Runtime:
                 if listener is not None:
                     listener.send(action.data, action.destination)  # type: ignore[union-attr]
             else:
+                if isinstance(action, AllocationDeleted) and closing is not None and (
+                    closing.stream_key == action.five_tuple
+                ):
+                    # The core's deletion comes right after the CloseRelay of that allocation's relay socket.
+                    action = dataclasses.replace(
+                        action, bytes_to_peer=closing.bytes_to_peer, bytes_to_client=closing.bytes_to_client
+                    )
                 if kind is AllocationCreated or kind is AllocationDeleted:
                     _log_lifecycle(action)  # type: ignore[arg-type]
                 if self.on_event is not None:

@@ -666,14 +666,14 @@ def test_core_refresh_lifetime_arithmetic(requested: int, granted: int) -> None:
 def test_core_refresh_zero_deletes_the_allocation() -> None:
     harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50000))
     client = allocated(harness)
-    handle = client.handle
+    handle, relayed = client.handle, client.relayed
     result = client.refresh(0)
     response = result.response
     assert response.msg_class is MessageClass.SUCCESS
     assert response.get(Attr.LIFETIME) == 0
     assert verify_integrity(response, client.key)
     assert result.one(CloseRelay) == CloseRelay(handle)
-    assert result.one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "refresh", handle)
+    assert result.one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "alice", relayed, "refresh")
     assert not harness.core.allocations
     assert harness.core.allocation_for_handle(handle) is None
     # the port is reusable at once, and so is the 5-tuple
@@ -747,7 +747,7 @@ def test_core_allocate_expires_exactly_at_its_lifetime(lifetime: int) -> None:
     client = harness.client()
     client.allocate((Attr.LIFETIME, lifetime))
     start = harness.now
-    handle = client.handle
+    handle, relayed = client.handle, client.relayed
     assert harness.core.next_deadline() is not None
     harness.now = start + lifetime - 0.001
     assert harness.tick().actions == []
@@ -755,7 +755,7 @@ def test_core_allocate_expires_exactly_at_its_lifetime(lifetime: int) -> None:
     harness.now = start + lifetime
     result = harness.tick()
     assert result.one(CloseRelay) == CloseRelay(handle)
-    assert result.one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "expired", handle)
+    assert result.one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "alice", relayed, "expired")
     assert not harness.core.allocations
     assert harness.core._ports.in_use == 0
     assert harness.tick().actions == []  # deleted once
@@ -791,10 +791,10 @@ def test_core_allocate_close_all() -> None:
 def test_core_allocate_tcp_connection_closed_deletes_the_allocation() -> None:
     harness = Harness()
     client = allocated(harness, transport=Transport.TCP)
-    handle = client.handle
+    handle, relayed = client.handle, client.relayed
     actions = harness.core.connection_closed(client.five_tuple, harness.now)
     assert CloseRelay(handle) in actions
-    assert AllocationDeleted(client.five_tuple, "closed", handle) in actions
+    assert AllocationDeleted(client.five_tuple, "alice", relayed, "closed") in actions
     assert not harness.core.allocations
     assert harness.core.connection_closed(client.five_tuple, harness.now) == []
 

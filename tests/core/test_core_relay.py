@@ -544,7 +544,7 @@ def test_core_relay_lifecycle_events() -> None:
     created = client.allocate().one(AllocationCreated)
     assert created.five_tuple == client.five_tuple
     assert created.username == "alice"
-    handle = client.handle
+    relayed = client.relayed
     assert client.refresh(700).one(AllocationRefreshed) == AllocationRefreshed(client.five_tuple, 700)
     assert client.create_permission(PEER2).one(PermissionInstalled).ip == PEER2[0]
     bound = client.channel_bind(0x4000)
@@ -554,7 +554,7 @@ def test_core_relay_lifecycle_events() -> None:
     wrong.realm, wrong.nonce = client.realm, client.nonce
     failed = wrong.send_raw(wrong.signed(Method.REFRESH, [(Attr.LIFETIME, 0)]))
     assert failed.one(AuthFailed) == AuthFailed(client.five_tuple, 401, "alice", "bad_integrity")
-    assert client.refresh(0).one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "refresh", handle)
+    assert client.refresh(0).one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "alice", relayed, "refresh")
 
 
 # ---------------------------------------------------------------------------------- RFC 5780 alternate

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from requirements import require_module
+from webrtccall import MESSAGES, WAIT, candidate_types, exchange
 
 aiortc = require_module("aiortc")
 
 from aiortc import (  # noqa: E402
     RTCConfiguration,
-    RTCDataChannel,
     RTCIceServer,
     RTCIceTransportPolicy,
     RTCPeerConnection,
@@ -29,8 +29,6 @@ from pyturn import AllocationCreated, AllocationEnded, ChannelBound, Hooks, Perm
 
 USERNAME = "webrtc"
 PASSWORD = "correct horse battery staple"
-WAIT = 20.0
-MESSAGES = 20
 
 
 class Recorder:
@@ -70,38 +68,6 @@ def _relay_only(server: pyturn.Server, transport: str) -> RTCConfiguration:
     )
 
 
-async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
-    await offerer.setLocalDescription(await offerer.createOffer())  # aiortc gathers every candidate here
-    await answerer.setRemoteDescription(offerer.localDescription)
-    await answerer.setLocalDescription(await answerer.createAnswer())
-    await offerer.setRemoteDescription(answerer.localDescription)
-
-
-def _candidate_types(sdp: str) -> set[str]:
-    return {line.split(" typ ")[1].split()[0] for line in sdp.splitlines() if line.startswith("a=candidate:")}
-
-
-async def _exchange(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> list[str]:
-    """Open a data channel; the offerer sends MESSAGES pings, the answerer answers each with a pong."""
-    channel = offerer.createDataChannel("chat")
-    opened = asyncio.Event()
-    pongs: asyncio.Queue[str] = asyncio.Queue()
-    channel.on("open", opened.set)
-    channel.on("message", pongs.put_nowait)
-
-    @answerer.on("datachannel")
-    def on_datachannel(remote: RTCDataChannel) -> None:
-        @remote.on("message")
-        def on_message(message: str) -> None:
-            remote.send(message.replace("ping", "pong"))
-
-    await _connect(offerer, answerer)
-    await asyncio.wait_for(opened.wait(), WAIT)
-    for number in range(MESSAGES):
-        channel.send(f"ping {number}")
-    return [await asyncio.wait_for(pongs.get(), WAIT) for _ in range(MESSAGES)]
-
-
 @pytest.mark.parametrize("transport", ["udp", "tcp"], ids=["turn-udp", "turn-tcp"])
 async def test_webrtc_data_channel_relays_only_through_pyturn(
     recorded_server: tuple[pyturn.Server, Recorder], transport: str
@@ -110,10 +76,10 @@ async def test_webrtc_data_channel_relays_only_through_pyturn(
     offerer = RTCPeerConnection(_relay_only(server, transport))
     answerer = RTCPeerConnection(_relay_only(server, transport))
     try:
-        replies = await asyncio.wait_for(_exchange(offerer, answerer), WAIT)
+        replies = await asyncio.wait_for(exchange(offerer, answerer), WAIT)
         assert offerer.localDescription is not None and answerer.localDescription is not None
-        assert _candidate_types(offerer.localDescription.sdp) == {"relay"}
-        assert _candidate_types(answerer.localDescription.sdp) == {"relay"}
+        assert candidate_types(offerer.localDescription.sdp) == {"relay"}
+        assert candidate_types(answerer.localDescription.sdp) == {"relay"}
     finally:
         await offerer.close()
         await answerer.close()
@@ -153,9 +119,9 @@ async def test_webrtc_data_channel_with_shared_secret_credentials() -> None:
 
         offerer, answerer = RTCPeerConnection(configuration("caller")), RTCPeerConnection(configuration("callee"))
         try:
-            replies = await asyncio.wait_for(_exchange(offerer, answerer), WAIT)
+            replies = await asyncio.wait_for(exchange(offerer, answerer), WAIT)
             assert offerer.localDescription is not None
-            assert _candidate_types(offerer.localDescription.sdp) == {"relay"}
+            assert candidate_types(offerer.localDescription.sdp) == {"relay"}
         finally:
             await offerer.close()
             await answerer.close()
