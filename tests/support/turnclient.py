@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from turnsession import ClientSession, Outgoing, counting_transaction_id, message, run_exchange
+from turnsession import ClientSession, Outgoing, SessionField, counting_transaction_id, message, run_exchange
 
 from pyturn.config import Config
 from pyturn.core.actions import Action, OpenRelay, RelayFailure, SendFrom, SendToClient
@@ -182,19 +182,6 @@ def build(
     return message(method, attrs, msg_class=msg_class, tid=tid, key=key, fingerprint=fingerprint)
 
 
-class _SessionField:
-    """An attribute of the client that lives in its ClientSession (tests read and set realm and nonce directly)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, client: TurnClient, owner: type | None = None) -> Any:
-        return getattr(client.session, self.name)
-
-    def __set__(self, client: TurnClient, value: Any) -> None:
-        setattr(client.session, self.name, value)
-
-
 class TurnClient:
     """A TURN client on one 5-tuple that authenticates the way RFC 8489 §9.2 clients do: the in-process driver of
     tests/support/turnsession.py's ClientSession.
@@ -213,11 +200,11 @@ class TurnClient:
         )
         self.allocate_result: Result | None = None
 
-    username = _SessionField("username")
-    password = _SessionField("password")
-    realm = _SessionField("realm")
-    nonce = _SessionField("nonce")
-    forced_realm = _SessionField("realm_override")  # use this realm instead of the one the server announced
+    username = SessionField("username")
+    password = SessionField("password")
+    realm = SessionField("realm")
+    nonce = SessionField("nonce")
+    forced_realm = SessionField("realm_override")  # use this realm instead of the one the server announced
 
     @property
     def key(self) -> bytes:

@@ -212,6 +212,19 @@ class ClientSession:
         return key is not None and verify_integrity(response, key)
 
 
+class SessionField:
+    """A driver's attribute that lives in its ClientSession (tests read and set realm and nonce on the client)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        return getattr(client.session, self.name)
+
+    def __set__(self, client: Any, value: Any) -> None:
+        setattr(client.session, self.name, value)
+
+
 def run_exchange(exchange: Exchange, transmit: Callable[[Outgoing], Message | None]) -> Message | None:
     """Drive an exchange with a synchronous transmit (the in-process driver)."""
     try:
