@@ -41,8 +41,8 @@ from typing import Any
 from pyturn.errors import StunDecodeError
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.framing import StreamFramer
-from pyturn.wire.integrity import long_term_key
 from pyturn.wire.message import Attr, Message, MessageClass, Method
+from tests.support.turnsession import ClientSession  # the shared test client's request building (set-up only)
 
 HOST = "127.0.0.1"
 CHANNEL = 0x4000
@@ -205,9 +205,7 @@ class Client:
     transaction_id: bytes = b""
     transmissions: int = 0
     deadline: float = 0.0
-    realm: str = ""
-    nonce: str = ""
-    key: bytes = b""
+    credentials: ClientSession | None = None  # realm and nonce, once challenged (set-up only)
     relayed: tuple[str, int] | None = None
     started: float = 0.0
     finished: float = 0.0
@@ -249,13 +247,10 @@ class ClientFleet:
 
     def _request(self, client: Client, method: int, attributes: Sequence[tuple[int, Any]], now: float,
                  authenticated: bool) -> None:
-        client.transaction_id = os.urandom(12)
-        message = Message(method, MessageClass.REQUEST, client.transaction_id, list(attributes))
-        if authenticated:
-            message.add(Attr.USERNAME, self.spec.username).add(Attr.REALM, client.realm).add(Attr.NONCE, client.nonce)
-            client.request = encode_message(message, integrity_key=client.key)
-        else:
-            client.request = encode_message(message)
+        if client.credentials is None:
+            client.credentials = ClientSession(self.spec.username, self.spec.password)
+        outgoing = client.credentials.outgoing(method, attributes, fingerprint=False, sign=authenticated)
+        client.transaction_id, client.request = outgoing.transaction_id, outgoing.data
         client.transmissions = 0
         self._transmit(client, now)
 
@@ -291,9 +286,8 @@ class ClientFleet:
             if client.step != "challenge" and not stale:
                 self._fail(client, f"{error[0]} {error[1]} on {client.step}", now)
                 return
-            client.realm = response.get(Attr.REALM, client.realm)
-            client.nonce = response.get(Attr.NONCE, client.nonce)
-            client.key = long_term_key(self.spec.username, client.realm, self.spec.password)
+            assert client.credentials is not None
+            client.credentials.learn(response)
             if client.step == "challenge" or client.step == "allocate":
                 client.step = "allocate"
                 self._request(client, Method.ALLOCATE, self._allocate_attributes(), now, authenticated=True)

@@ -36,10 +36,10 @@ from typing import Any
 from benchmarks.loadgen import probe_binding, raise_fd_limit
 from benchmarks.procstat import memory_kib
 from pyturn.errors import StunDecodeError
-from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.codec import decode_message
 from pyturn.wire.framing import decode_channel_data, encode_channel_data
-from pyturn.wire.integrity import long_term_key
 from pyturn.wire.message import Attr, Message, MessageClass, Method
+from tests.support.turnsession import ClientSession  # the shared test client's request building
 
 HOST = "127.0.0.1"
 USERNAME, PASSWORD, REALM = "soak", "churn", "reTurn"
@@ -136,8 +136,7 @@ class Session:
     request: bytes = b""
     transmissions: int = 0
     deadline: float = 0.0
-    nonce: str = ""
-    key: bytes = b""
+    credentials: ClientSession = field(default_factory=lambda: ClientSession(USERNAME, PASSWORD))
     echoes: int = 0
 
 
@@ -181,13 +180,8 @@ class Churner:
 
     # -------------------------------------------------------------------------------------- protocol
     def _send_request(self, session: Session, method: int, attributes: list[tuple[int, Any]], now: float) -> None:
-        session.transaction_id = os.urandom(12)
-        message = Message(method, MessageClass.REQUEST, session.transaction_id, list(attributes))
-        if session.key:
-            message.add(Attr.USERNAME, USERNAME).add(Attr.REALM, REALM).add(Attr.NONCE, session.nonce)
-            session.request = encode_message(message, integrity_key=session.key)
-        else:
-            session.request = encode_message(message)
+        outgoing = session.credentials.outgoing(method, attributes, fingerprint=False)
+        session.transaction_id, session.request = outgoing.transaction_id, outgoing.data
         session.transmissions = 0
         self._transmit(session, now)
 
@@ -238,8 +232,7 @@ class Churner:
         if error is not None:
             code = error[0]
             if code == 438 or (code == 401 and session.step == "challenge"):  # RFC 8656 §7.2 / RFC 8489 §9.2
-                session.nonce = response.get(Attr.NONCE, session.nonce)
-                session.key = long_term_key(USERNAME, response.get(Attr.REALM, REALM), PASSWORD)
+                session.credentials.learn(response)
                 if session.step == "challenge":
                     session.step = "allocate"
                 session.request = b""

@@ -10,6 +10,7 @@ Pure: no sockets, no clock.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -53,20 +54,78 @@ AllocationEnded = AllocationDeleted
 """The name this event had in the hooks before the core's and the hooks' shapes were one (kept for existing code)."""
 
 
-@dataclass(frozen=True, slots=True)
+_DEPRECATED_NAMES = {
+    "on_permission": "on_permission_installed",
+    "on_channel": "on_channel_bound",
+    "on_auth_failure": "on_auth_failed",
+}
+"""Keyword names the hooks had before they matched the event names; still accepted, with a DeprecationWarning."""
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Hooks:
     """Optional callables the Server calls as things happen; leave any of them None.
 
-    Each receives the event of its name as the core reported it; on_allocation_deleted's AllocationDeleted carries
-    the byte counts of the allocation's relay socket.
+    Each hook is named after its event (on_<event in snake case>) and receives that event as the core reported it;
+    on_allocation_deleted's AllocationDeleted carries the byte counts of the allocation's relay socket. The old
+    keyword names on_permission, on_channel and on_auth_failure still work but warn (DeprecationWarning).
     """
 
-    on_allocation_created: Callable[[AllocationCreated], None] | None = None
-    on_allocation_refreshed: Callable[[AllocationRefreshed], None] | None = None
-    on_allocation_deleted: Callable[[AllocationDeleted], None] | None = None
-    on_permission: Callable[[PermissionInstalled], None] | None = None
-    on_channel: Callable[[ChannelBound], None] | None = None
-    on_auth_failure: Callable[[AuthFailed], None] | None = None
+    on_allocation_created: Callable[[AllocationCreated], None] | None
+    on_allocation_refreshed: Callable[[AllocationRefreshed], None] | None
+    on_allocation_deleted: Callable[[AllocationDeleted], None] | None
+    on_permission_installed: Callable[[PermissionInstalled], None] | None
+    on_channel_bound: Callable[[ChannelBound], None] | None
+    on_auth_failed: Callable[[AuthFailed], None] | None
+
+    def __init__(
+        self,
+        on_allocation_created: Callable[[AllocationCreated], None] | None = None,
+        on_allocation_refreshed: Callable[[AllocationRefreshed], None] | None = None,
+        on_allocation_deleted: Callable[[AllocationDeleted], None] | None = None,
+        on_permission_installed: Callable[[PermissionInstalled], None] | None = None,
+        on_channel_bound: Callable[[ChannelBound], None] | None = None,
+        on_auth_failed: Callable[[AuthFailed], None] | None = None,
+        **deprecated: Callable[[Any], None] | None,
+    ) -> None:
+        given: dict[str, Callable[[Any], None] | None] = {
+            "on_allocation_created": on_allocation_created,
+            "on_allocation_refreshed": on_allocation_refreshed,
+            "on_allocation_deleted": on_allocation_deleted,
+            "on_permission_installed": on_permission_installed,
+            "on_channel_bound": on_channel_bound,
+            "on_auth_failed": on_auth_failed,
+        }
+        for old_name, callback in deprecated.items():
+            new_name = _DEPRECATED_NAMES.get(old_name)
+            if new_name is None:
+                raise TypeError(f"Hooks() got an unexpected keyword argument {old_name!r}")
+            warnings.warn(f"Hooks({old_name}=...) is deprecated, use {new_name}=", DeprecationWarning, stacklevel=2)
+            if given[new_name] is not None:
+                raise TypeError(f"Hooks() got both {old_name!r} and {new_name!r}")
+            given[new_name] = callback
+        for name, callback in given.items():
+            object.__setattr__(self, name, callback)
+
+    @property
+    def on_permission(self) -> Callable[[PermissionInstalled], None] | None:
+        """Deprecated name of on_permission_installed."""
+        warnings.warn(
+            "Hooks.on_permission is deprecated, use on_permission_installed", DeprecationWarning, stacklevel=2
+        )
+        return self.on_permission_installed
+
+    @property
+    def on_channel(self) -> Callable[[ChannelBound], None] | None:
+        """Deprecated name of on_channel_bound."""
+        warnings.warn("Hooks.on_channel is deprecated, use on_channel_bound", DeprecationWarning, stacklevel=2)
+        return self.on_channel_bound
+
+    @property
+    def on_auth_failure(self) -> Callable[[AuthFailed], None] | None:
+        """Deprecated name of on_auth_failed."""
+        warnings.warn("Hooks.on_auth_failure is deprecated, use on_auth_failed", DeprecationWarning, stacklevel=2)
+        return self.on_auth_failed
 
 
 def _call(callback: Callable[[Any], None], argument: object) -> None:
@@ -105,13 +164,13 @@ class EventLog:
             if hooks.on_allocation_refreshed is not None:
                 _call(hooks.on_allocation_refreshed, event)
         elif isinstance(event, PermissionInstalled):
-            if hooks.on_permission is not None:
-                _call(hooks.on_permission, event)
+            if hooks.on_permission_installed is not None:
+                _call(hooks.on_permission_installed, event)
         elif isinstance(event, ChannelBound):
-            if hooks.on_channel is not None:
-                _call(hooks.on_channel, event)
-        elif isinstance(event, AuthFailed) and hooks.on_auth_failure is not None:
-            _call(hooks.on_auth_failure, event)
+            if hooks.on_channel_bound is not None:
+                _call(hooks.on_channel_bound, event)
+        elif isinstance(event, AuthFailed) and hooks.on_auth_failed is not None:
+            _call(hooks.on_auth_failed, event)
         for listener in list(self.listeners):
             _call(listener, event)
 

@@ -44,8 +44,8 @@ class Recorder:
         return Hooks(
             on_allocation_created=self.created.append,
             on_allocation_deleted=self.ended.append,
-            on_permission=self.permissions.append,
-            on_channel=self.channels.append,
+            on_permission_installed=self.permissions.append,
+            on_channel_bound=self.channels.append,
         )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -215,9 +216,9 @@ async def test_server_hooks_report_an_allocation_from_creation_to_deletion(trans
         on_allocation_created=seen.append,
         on_allocation_refreshed=seen.append,
         on_allocation_deleted=seen.append,
-        on_permission=seen.append,
-        on_channel=seen.append,
-        on_auth_failure=seen.append,
+        on_permission_installed=seen.append,
+        on_channel_bound=seen.append,
+        on_auth_failed=seen.append,
     )
     payloads = [b"x" * 100, b"y" * 50]
     async with pyturn.Server(users={USERNAME: PASSWORD}, hooks=hooks) as server:
@@ -239,7 +240,7 @@ async def test_server_hooks_report_an_allocation_from_creation_to_deletion(trans
 
 async def test_server_hooks_report_an_authentication_failure() -> None:
     failures: list[AuthFailed] = []
-    async with pyturn.Server(users={USERNAME: PASSWORD}, hooks=Hooks(on_auth_failure=failures.append)) as server:
+    async with pyturn.Server(users={USERNAME: PASSWORD}, hooks=Hooks(on_auth_failed=failures.append)) as server:
         with pytest.raises(TransactionFailed):
             await relay_echo(server.addresses["udp"][0], [b"x"], password="wrong")
     assert [(failure.code, failure.username) for failure in failures] == [(401, USERNAME)]
@@ -249,7 +250,7 @@ async def test_server_keeps_relaying_when_a_hook_raises() -> None:
     def broken(event: object) -> None:
         raise RuntimeError("hook bug")
 
-    hooks = Hooks(on_allocation_created=broken, on_channel=broken)
+    hooks = Hooks(on_allocation_created=broken, on_channel_bound=broken)
     async with pyturn.Server(users={USERNAME: PASSWORD}, hooks=hooks) as server:
         assert await relay_echo(server.addresses["udp"][0], [b"still"]) == [b"still"]
 
@@ -286,6 +287,57 @@ def test_event_log_counts_bytes_of_live_and_deleted_relays() -> None:
     log = EventLog()
     assert log.relayed_bytes([Relay(), Relay()]) == RelayedBytes(20, 8)
     assert RelayedBytes(1, 2) + RelayedBytes(3, 4) == RelayedBytes(4, 6)
+
+
+_FIVE_TUPLE = pyturn.FiveTuple(pyturn.Transport.UDP, ("127.0.0.1", 5000), ("127.0.0.1", 3478))
+_EVENTS_OF_RENAMED_HOOKS = [
+    PermissionInstalled(_FIVE_TUPLE, "127.0.0.2"),
+    ChannelBound(_FIVE_TUPLE, 0x4000, ("127.0.0.2", 6000)),
+    AuthFailed(_FIVE_TUPLE, 401, USERNAME),
+]
+
+
+def test_hooks_are_named_after_their_events_without_warnings() -> None:
+    seen: list[object] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hooks = Hooks(on_permission_installed=seen.append, on_channel_bound=seen.append, on_auth_failed=seen.append)
+        log = EventLog(hooks)
+        for event in _EVENTS_OF_RENAMED_HOOKS:
+            log(event)
+    assert seen == _EVENTS_OF_RENAMED_HOOKS
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("on_permission", "on_permission_installed"),
+        ("on_channel", "on_channel_bound"),
+        ("on_auth_failure", "on_auth_failed"),
+    ],
+)
+def test_hooks_old_names_still_work_with_a_deprecation_warning(old: str, new: str) -> None:
+    seen: list[object] = []
+    with pytest.warns(DeprecationWarning, match=f"{old}.*{new}"):
+        hooks = Hooks(**{old: seen.append})
+    assert getattr(hooks, new) == seen.append
+    with pytest.warns(DeprecationWarning, match=f"{old}.*{new}"):
+        assert getattr(hooks, old) == seen.append
+    log = EventLog(hooks)
+    for event in _EVENTS_OF_RENAMED_HOOKS:
+        log(event)
+    assert len(seen) == 1 and f"on_{_snake_case(type(seen[0]).__name__)}" == new
+
+
+def _snake_case(name: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in name).lstrip("_")
+
+
+def test_hooks_reject_an_old_and_a_new_name_together_and_unknown_names() -> None:
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both"):
+        Hooks(on_channel=print, on_channel_bound=print)
+    with pytest.raises(TypeError, match="on_allocation"):
+        Hooks(on_allocation=print)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ thread runner

@@ -26,7 +26,7 @@ async def _allocates(server: Server, username: str, password: str) -> bool:
 
 async def test_library_shared_secret_beside_users_and_the_auth_failure_reason() -> None:
     failures: list[pyturn.AuthFailed] = []
-    hooks = pyturn.Hooks(on_auth_failure=failures.append)
+    hooks = pyturn.Hooks(on_auth_failed=failures.append)
     async with Server(users={"alice": "pw"}, shared_secret=["new", b"old"], hooks=hooks,
                       transports=("udp",)) as server:
         assert await _allocates(server, "alice", "pw")

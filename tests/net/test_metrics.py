@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from interop import PASSWORD, USERNAME, MiniTurnClient, TurnRequestFailed, start_echo_peer
 from metricsclient import free_tcp_port, http_get, receive_payloads, scrape, value
+from streamclient import StreamTurnClient
 
 from pyturn.errors import ConfigError
 from pyturn.files.configfile import load_config
 from pyturn.net import http_endpoint
 from pyturn.server import Server
-from pyturn.wire.codec import decode_message, encode_message
-from pyturn.wire.framing import StreamFramer, encode_channel_data
-from pyturn.wire.integrity import long_term_key
-from pyturn.wire.message import Attr, Message, MessageClass, Method
+from pyturn.wire.framing import encode_channel_data
+from pyturn.wire.message import Attr, Method
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "conf" / "grafana-pyturn.json"
 WAIT = 5.0
@@ -322,40 +319,6 @@ async def test_dashboard_queries_only_metrics_pyturn_exports(server: Server) -> 
 
 
 
-class StreamTurnClient:
-    """Just enough TURN over TCP for counting: long-term credentials, framed with pyturn.wire.framing.StreamFramer."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.framer = StreamFramer()
-        self.frames: list[bytes] = []
-        self.nonce: str | None = None
-        self.realm: str | None = None
-
-    async def frame(self) -> bytes:
-        while not self.frames:
-            data = await asyncio.wait_for(self.reader.read(65536), WAIT)
-            assert data, "the server closed the connection"
-            self.frames.extend(self.framer.feed(data))
-        return self.frames.pop(0)
-
-    async def request(self, method: int, *attributes: tuple[int, Any]) -> Message:
-        for _ in range(2):
-            message = Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes))
-            key = None
-            if self.nonce is not None:
-                assert self.realm is not None
-                message.add(Attr.USERNAME, USERNAME).add(Attr.REALM, self.realm).add(Attr.NONCE, self.nonce)
-                key = long_term_key(USERNAME, self.realm, PASSWORD)
-            self.writer.write(encode_message(message, integrity_key=key))
-            response = decode_message(await self.frame())
-            if response.msg_class is MessageClass.SUCCESS:
-                return response
-            self.nonce, self.realm = response.get(Attr.NONCE), response.get(Attr.REALM)
-        raise AssertionError(f"request 0x{method:x} failed: {response.get(Attr.ERROR_CODE)}")
-
-
 async def test_metrics_count_tcp_relaying_exactly(server: Server) -> None:
     transport, _ = await start_echo_peer()
     peer = transport.get_extra_info("sockname")[:2]
@@ -366,7 +329,7 @@ async def test_metrics_count_tcp_relaying_exactly(server: Server) -> None:
         await client.request(Method.CHANNEL_BIND, (Attr.CHANNEL_NUMBER, CHANNEL), (Attr.XOR_PEER_ADDRESS, peer))
         # 9 ChannelData frames of 101 bytes (padded to 4, RFC 8656 §12.5) in one write: one read, one batch.
         writer.write(b"".join(encode_channel_data(CHANNEL, bytes([index]) * 101, pad=True) for index in range(9)))
-        echoes = [await client.frame() for _ in range(9)]
+        echoes = [await client.next_frame() for _ in range(9)]
         assert all(len(frame) == 4 + 101 for frame in echoes)
         series = await scrape(metrics_address(server))
     finally:

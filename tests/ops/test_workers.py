@@ -36,13 +36,13 @@ from interop import (
     turnutils_peer,
     write_config,
 )
+from turnsession import ClientSession, Outgoing, error_code, response_to
 
 from pyturn.config import Config
 from pyturn.ops.daemon import EXIT_STARTUP
 from pyturn.ops.workers import port_slices, worker_count
-from pyturn.wire.codec import decode_message, encode_message
-from pyturn.wire.integrity import long_term_key
-from pyturn.wire.message import Attr, Message, MessageClass, Method
+from pyturn.wire.codec import decode_message
+from pyturn.wire.message import Attr, Message, Method
 
 RELAY_LOW = 46000
 RELAY_HIGH = 46999
@@ -128,43 +128,17 @@ def tcp_binding(port: int) -> bool:
     return decode_message(response).transaction_id == transaction_id
 
 
-def transact(sock: socket.socket, port: int, request: bytes, transaction_id: bytes) -> Message:
+def transact(sock: socket.socket, port: int, outgoing: Outgoing) -> Message:
     sock.settimeout(0.25)
     for _ in range(8):
-        sock.sendto(request, (LOOPBACK, port))
+        sock.sendto(outgoing.data, (LOOPBACK, port))
         try:
-            response = decode_message(sock.recv(2048))
+            response = response_to(sock.recv(2048), outgoing.transaction_id)
         except TimeoutError:
             continue
-        if response.transaction_id == transaction_id:
+        if response is not None:
             return response
     raise AssertionError(f"no answer from {LOOPBACK}:{port}")
-
-
-def allocate_request(nonce: str | None = None, realm: str = REALM, lifetime: int | None = None) -> tuple[bytes, bytes]:
-    message = Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12))
-    message.add(Attr.REQUESTED_TRANSPORT, REQUESTED_TRANSPORT_UDP)
-    return _signed(message, nonce, realm, lifetime)
-
-
-def refresh_request(nonce: str, realm: str = REALM, lifetime: int = 0) -> tuple[bytes, bytes]:
-    return _signed(Message(Method.REFRESH, MessageClass.REQUEST, os.urandom(12)), nonce, realm, lifetime)
-
-
-def _signed(message: Message, nonce: str | None, realm: str, lifetime: int | None) -> tuple[bytes, bytes]:
-    if lifetime is not None:
-        message.add(Attr.LIFETIME, lifetime)
-    if nonce is None:
-        return encode_message(message, fingerprint=True), message.transaction_id
-    message.add(Attr.USERNAME, USERNAME).add(Attr.REALM, realm).add(Attr.NONCE, nonce)
-    key = long_term_key(USERNAME, realm, PASSWORD)
-    return encode_message(message, integrity_key=key, fingerprint=True), message.transaction_id
-
-
-def error_code(response: Message) -> int | None:
-    if response.msg_class is not MessageClass.ERROR:
-        return None
-    return int(response.get(Attr.ERROR_CODE)[0])
 
 
 async def allocate_in_every_slice(port: int, username: str = USERNAME, password: str = PASSWORD, *,
@@ -313,18 +287,21 @@ def test_workers_uclient_stream_relays_without_loss(secure: bool, tmp_path: Path
 
 def test_workers_nonce_from_one_worker_accepted_by_the_other(workers_server: PyturnProcess) -> None:
     port = workers_server.port
+    session = ClientSession(USERNAME, PASSWORD)  # one set of credentials, sent from many sockets
+    allocate = [(Attr.REQUESTED_TRANSPORT, REQUESTED_TRANSPORT_UDP)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
-        challenge = transact(first, port, *allocate_request())
+        challenge = transact(first, port, session.outgoing(Method.ALLOCATE, allocate))
     assert error_code(challenge) == 401
-    nonce, realm = challenge.get(Attr.NONCE), challenge.get(Attr.REALM)
+    session.learn(challenge)
+    assert (session.realm, session.nonce) == (REALM, challenge.get(Attr.NONCE))
 
     answered_slices: set[tuple[int, int]] = set()
     for _ in range(CLIENT_ATTEMPTS):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            response = transact(sock, port, *allocate_request(nonce, realm))
+            response = transact(sock, port, session.outgoing(Method.ALLOCATE, allocate))
             assert error_code(response) is None, f"nonce refused: {response.get(Attr.ERROR_CODE)}"
             answered_slices.add(slice_of(response.get(Attr.XOR_RELAYED_ADDRESS)[1]))
-            released = transact(sock, port, *refresh_request(nonce, realm))
+            released = transact(sock, port, session.outgoing(Method.REFRESH, [(Attr.LIFETIME, 0)]))
             assert error_code(released) is None
         if answered_slices == set(SLICES):
             break

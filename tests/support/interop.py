@@ -22,9 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from requirements import require, require_module
+from turnsession import (
+    REQUESTED_TRANSPORT_UDP,
+    ClientSession,
+    Outgoing,
+    SessionField,
+    channel_data,
+    relayed_payload,
+    response_to,
+    run_exchange_async,
+    send_indication,
+)
 
 from pyturn.wire.codec import decode_message, encode_message
-from pyturn.wire.integrity import long_term_key, verify_integrity
 from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 LOOPBACK = "127.0.0.1"
@@ -284,25 +294,36 @@ class TurnRequestFailed(Exception):
 
 
 class MiniTurnClient:
-    """Just enough of a long-term-credential TURN client over UDP, built on pyturn.wire, for tests.
+    """Just enough of a long-term-credential TURN client over UDP for tests: the asyncio UDP driver of
+    tests/support/turnsession.py's ClientSession.
 
-    Requests retransmit (RFC 8489 §6.2.1, shortened) and every wait is bounded.
+    Requests retransmit (RFC 8489 §6.2.1, shortened) and every wait is bounded. Packets that arrive while a
+    request waits and are not its response are kept in ``unmatched``.
     """
 
     def __init__(self, server: tuple[str, int], username: str = USERNAME, password: str = PASSWORD) -> None:
         self.server = server
-        self.username = username
-        self.password = password
+        self.session = ClientSession(username, password)
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.sock.bind((server[0], 0))
-        self.realm: str | None = None
-        self.nonce: str | None = None
-        self.key: bytes | None = None
         self.unmatched: list[bytes] = []
-        self.challenges = 0  # 401/438 answers received (a redirect with a shared nonce secret adds none)
         self.redirected_from: tuple[str, int] | None = None
+
+    username = SessionField("username")
+    password = SessionField("password")
+    realm = SessionField("realm")
+    nonce = SessionField("nonce")
+
+    @property
+    def key(self) -> bytes | None:
+        return self.session.key if self.session.can_sign else None
+
+    @property
+    def challenges(self) -> int:
+        """401/438 answers received (a redirect with a shared nonce secret adds none)."""
+        return self.session.challenges
 
     def close(self) -> None:
         self.sock.close()
@@ -318,49 +339,51 @@ class MiniTurnClient:
         data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65536), timeout)
         return data
 
-    async def _transact(self, request: Message, authenticate: bool) -> Message:
+    async def receive_payload(self, timeout: float) -> bytes:
+        """The payload of the next relayed packet (ChannelData or Data indication); other packets are skipped."""
         loop = asyncio.get_running_loop()
-        if authenticate and self.key is not None:
-            request.attributes = [(t, v) for t, v in request.attributes
-                                  if t not in (Attr.USERNAME, Attr.REALM, Attr.NONCE)]
-            request.add(Attr.USERNAME, self.username).add(Attr.REALM, self.realm).add(Attr.NONCE, self.nonce)
-            data = encode_message(request, integrity_key=self.key, fingerprint=True)
-        else:
-            data = encode_message(request, fingerprint=True)
+        deadline = loop.time() + timeout
+        while True:
+            payload = relayed_payload(await self.receive(max(deadline - loop.time(), 0.001)))
+            if payload is not None:
+                return payload
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendto(self.sock, data, self.server)
+
+    async def transmit(self, outgoing: Outgoing) -> Message:
+        """Send a request, retransmitting, until its response arrives; TimeoutError after about 7.75 s."""
+        loop = asyncio.get_running_loop()
         timeout = 0.25
         for _ in range(5):
-            await loop.sock_sendto(self.sock, data, self.server)
+            await self.send(outgoing.data)
             deadline = loop.time() + timeout
             while (remaining := deadline - loop.time()) > 0:
                 try:
                     packet = await self.receive(remaining)
                 except TimeoutError:
                     break
-                if len(packet) >= 20 and packet[0] & 0xC0 == 0:
-                    response = decode_message(packet)
-                    if response.transaction_id == request.transaction_id:
-                        return response
+                response = response_to(packet, outgoing.transaction_id)
+                if response is not None:
+                    return response
                 self.unmatched.append(packet)
             timeout *= 2
-        raise TimeoutError(f"no answer to method 0x{request.method:x} from {self.server}")
+        raise TimeoutError(f"no answer to 0x{outgoing.data[0] << 8 | outgoing.data[1]:04x} from {self.server}")
+
+    async def _transact(self, request: Message, authenticate: bool) -> Message:
+        """One request as given (signed with the known credentials when authenticate), no retry."""
+        attributes = [(t, v) for t, v in request.attributes if t not in (Attr.USERNAME, Attr.REALM, Attr.NONCE)]
+        sign = authenticate and self.session.can_sign
+        outgoing = self.session.outgoing(request.method, attributes, tid=request.transaction_id, sign=sign)
+        return await self.transmit(outgoing)
 
     async def request(self, method: int, *attributes: tuple[int, Any]) -> Message:
         """An authenticated request; on 401/438 learns realm/nonce and retries once."""
-        request = Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes))
-        response = await self._transact(request, authenticate=True)
-        if response.msg_class is MessageClass.ERROR:
-            code = int(response.get(Attr.ERROR_CODE)[0])
-            if code in (401, 438) and response.has(Attr.NONCE):
-                self.challenges += 1
-                self.nonce = response.get(Attr.NONCE)
-                self.realm = response.get(Attr.REALM, self.realm)
-                assert self.realm is not None
-                self.key = long_term_key(self.username, self.realm, self.password)
-                retry = Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes))
-                response = await self._transact(retry, authenticate=True)
+        response = await run_exchange_async(self.session.exchange(method, attributes), self.transmit)
+        assert response is not None
         if response.msg_class is MessageClass.ERROR:
             raise TurnRequestFailed(response)
-        assert self.key is not None and verify_integrity(response, self.key), "success response not signed"
+        assert self.session.verify(response), "success response not signed"
         return response
 
     async def allocate(
@@ -368,7 +391,7 @@ class MiniTurnClient:
     ) -> tuple[str, int]:
         """Allocate; with follow_redirect a 300 Try Alternate is followed once (RFC 8489 §10): only when its
         MESSAGE-INTEGRITY verifies, keeping the REALM and NONCE it carries, as libwebrtc does."""
-        attributes: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
+        attributes: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, REQUESTED_TRANSPORT_UDP)]
         if lifetime is not None:
             attributes.append((Attr.LIFETIME, lifetime))
         try:
@@ -377,7 +400,7 @@ class MiniTurnClient:
             redirect = failed.response
             if not follow_redirect or failed.code != 300 or self.redirected_from is not None:
                 raise
-            assert self.key is not None and verify_integrity(redirect, self.key), "unauthenticated 300"
+            assert self.session.verify(redirect), "unauthenticated 300"
             self.redirected_from, self.server = self.server, redirect.get(Attr.ALTERNATE_SERVER)
             self.nonce = redirect.get(Attr.NONCE, self.nonce)
             self.realm = redirect.get(Attr.REALM, self.realm)
@@ -392,10 +415,14 @@ class MiniTurnClient:
     async def create_permission(self, peer: tuple[str, int]) -> None:
         await self.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, peer))
 
+    async def channel_bind(self, channel: int, peer: tuple[str, int]) -> None:
+        await self.request(Method.CHANNEL_BIND, (Attr.CHANNEL_NUMBER, channel), (Attr.XOR_PEER_ADDRESS, peer))
+
     async def send_indication(self, peer: tuple[str, int], payload: bytes) -> None:
-        message = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12),
-                          [(Attr.XOR_PEER_ADDRESS, peer), (Attr.DATA, payload)])
-        await asyncio.get_running_loop().sock_sendto(self.sock, encode_message(message), self.server)
+        await self.send(send_indication(peer, payload))
+
+    async def send_channel_data(self, channel: int, payload: bytes) -> None:
+        await self.send(channel_data(channel, payload))
 
 
 def open_fd_count() -> int:

@@ -11,9 +11,7 @@ import urllib.request
 
 from interop import MiniTurnClient
 from prometheus_client.parser import text_string_to_metric_families
-
-from pyturn.wire.codec import decode_message
-from pyturn.wire.message import Attr, MessageClass, Method
+from turnsession import relayed_payload
 
 WAIT = 5.0
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -48,13 +46,9 @@ async def receive_payloads(client: MiniTurnClient, count: int) -> list[bytes]:
     payloads: list[bytes] = []
     deadline = time.monotonic() + WAIT
     while len(payloads) < count:
-        packet = await client.receive(max(deadline - time.monotonic(), 0.01))
-        if packet[0] & 0xC0 == 0x40:
-            payloads.append(packet[4:4 + int.from_bytes(packet[2:4], "big")])
-        elif packet[0] & 0xC0 == 0:
-            message = decode_message(packet)
-            if message.method == Method.DATA and message.msg_class is MessageClass.INDICATION:
-                payloads.append(message.get(Attr.DATA))
+        payload = relayed_payload(await client.receive(max(deadline - time.monotonic(), 0.01)))
+        if payload is not None:
+            payloads.append(payload)
     return payloads
 
 

@@ -15,14 +15,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from turnsession import ClientSession, Outgoing, SessionField, counting_transaction_id, message, run_exchange
+
 from pyturn.config import Config
 from pyturn.core.actions import Action, OpenRelay, RelayFailure, SendFrom, SendToClient
 from pyturn.core.allocation import Allocation, FiveTuple, Transport
 from pyturn.core.auth import UserLookup
 from pyturn.core.dispatch import TurnServerCore
 from pyturn.core.userdb import UserDB
-from pyturn.wire.codec import decode_message, encode_message
-from pyturn.wire.integrity import long_term_key
+from pyturn.wire.codec import decode_message
 from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 REALM = "reTurn"
@@ -163,14 +164,8 @@ class Harness:
         return TurnClient(self, FiveTuple(transport, client, server), username, password, realm)
 
 
-_tids = itertools.count(1)
-
-
 def new_tid(classic: bool = False) -> bytes:
-    value = next(_tids)
-    if classic:
-        return b"\xc1" * 8 + value.to_bytes(8, "big")  # 16 bytes, first 4 differ from the magic cookie
-    return value.to_bytes(12, "big")
+    return counting_transaction_id(classic)
 
 
 def build(
@@ -183,41 +178,46 @@ def build(
     fingerprint: bool = False,
 ) -> bytes:
     """Encode a message; with key, MESSAGE-INTEGRITY is appended."""
-    message = Message(method, msg_class, tid if tid is not None else new_tid())
-    for attr, value in attrs:
-        message.add(attr, value)
-    return encode_message(message, integrity_key=key, fingerprint=fingerprint)
+    tid = tid if tid is not None else new_tid()
+    return message(method, attrs, msg_class=msg_class, tid=tid, key=key, fingerprint=fingerprint)
 
 
 class TurnClient:
-    """A TURN client on one 5-tuple that authenticates the way RFC 8489 §9.2 clients do."""
+    """A TURN client on one 5-tuple that authenticates the way RFC 8489 §9.2 clients do: the in-process driver of
+    tests/support/turnsession.py's ClientSession.
+
+    It challenges with an Allocate first, so only a 438 makes a request go again (a 401 to a signed request is the
+    answer under test).
+    """
 
     def __init__(
         self, harness: Harness, five_tuple: FiveTuple, username: str, password: str, realm: str | None
     ) -> None:
         self.harness = harness
         self.five_tuple = five_tuple
-        self.username = username
-        self.password = password
-        self.forced_realm = realm  # use this realm instead of the one the server announced
-        self.realm: str | None = None
-        self.nonce: str | None = None
+        self.session = ClientSession(
+            username, password, retry_codes=(438,), default_realm=REALM, realm_override=realm, new_tid=new_tid
+        )
         self.allocate_result: Result | None = None
+
+    username = SessionField("username")
+    password = SessionField("password")
+    realm = SessionField("realm")
+    nonce = SessionField("nonce")
+    forced_realm = SessionField("realm_override")  # use this realm instead of the one the server announced
 
     @property
     def key(self) -> bytes:
-        realm = self.forced_realm or self.realm or REALM
-        return long_term_key(self.username, realm, self.password)
+        key = self.session.key
+        assert key is not None
+        return key
 
     def signed(
         self, method: int, attrs: Sequence[tuple[int, Any]] = (), *, tid: bytes | None = None, fingerprint: bool = False
     ) -> bytes:
         """A request carrying USERNAME, REALM, NONCE and MESSAGE-INTEGRITY with the current nonce."""
         assert self.nonce is not None, "challenge first"
-        realm = self.forced_realm or self.realm
-        assert realm is not None
-        credentials = [(Attr.USERNAME, self.username), (Attr.REALM, realm), (Attr.NONCE, self.nonce)]
-        return build(method, [*attrs, *credentials], tid=tid, key=self.key, fingerprint=fingerprint)
+        return self.session.signed(method, attrs, tid=tid if tid is not None else new_tid(), fingerprint=fingerprint)
 
     def send_raw(self, data: bytes) -> Result:
         return self.harness.send(data, self.five_tuple)
@@ -233,12 +233,7 @@ class TurnClient:
         return result
 
     def learn(self, response: Message) -> None:
-        realm = response.get(Attr.REALM)
-        nonce = response.get(Attr.NONCE)
-        if realm is not None:
-            self.realm = realm
-        if nonce is not None:
-            self.nonce = nonce
+        self.session.learn(response)
 
     def request(
         self, method: int, attrs: Sequence[tuple[int, Any]] = (), *, tid: bytes | None = None, fingerprint: bool = False
@@ -246,11 +241,16 @@ class TurnClient:
         """An authenticated request: challenge first when no nonce is known, retry once on 438."""
         if self.nonce is None:
             self.challenge()
-        result = self.send_raw(self.signed(method, attrs, tid=tid, fingerprint=fingerprint))
-        if result.of(SendToClient) and result.error_code == 438:
-            self.learn(result.response)
-            result = self.send_raw(self.signed(method, attrs, fingerprint=fingerprint))
-        return result
+        results: list[Result] = []
+
+        def transmit(outgoing: Outgoing) -> Message | None:
+            result = self.send_raw(outgoing.data)
+            results.append(result)
+            return result.response if result.of(SendToClient) else None
+
+        exchange = self.session.exchange(method, attrs, tid=tid, fingerprint=fingerprint, sign=True)
+        run_exchange(exchange, transmit)
+        return results[-1]
 
     def allocate(self, *extra: tuple[int, Any], transport: int | None = 17) -> Result:
         attrs: list[tuple[int, Any]] = [] if transport is None else [(Attr.REQUESTED_TRANSPORT, transport)]
