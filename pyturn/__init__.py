@@ -17,7 +17,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "Hooks",
+    "Impairment",
+    "ImpairmentStats",
     "KeyCandidates",
+    "Method",
     "PermissionInstalled",
     "PyturnError",
     "RelayedBytes",
@@ -48,6 +51,8 @@ from pyturn.core import (
 from pyturn.credentials import rest_credentials
 from pyturn.errors import ConfigError, PyturnError, StunDecodeError, TurnError, UserDBError
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
+from pyturn.impairment import Impairment, ImpairmentStats
+from pyturn.stun import Method
 from pyturn.userdb import UserDB
 
 if TYPE_CHECKING:

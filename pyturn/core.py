@@ -41,6 +41,7 @@ from pyturn.allocation import (
 from pyturn.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
 from pyturn.config import Config
 from pyturn.errors import StunDecodeError, TurnError
+from pyturn.faults import FailureInjector, reason_for
 from pyturn.policy import PeerPolicy, Verdict
 from pyturn.ports import PortPool
 from pyturn.ratelimit import SourceLimiter
@@ -272,6 +273,7 @@ class TurnServerCore:
         rate = config.unauthenticated_rate_limit
         self._limiter = SourceLimiter(rate) if rate > 0 else None
         self.stats = CoreStats()  # read by pyturn.metrics at scrape time
+        self.faults = FailureInjector()  # test rigs: errors injected after authentication (Server.fail_next)
 
     # ------------------------------------------------------------------------------------------ set-up
     def set_user_lookup(self, users: UserLookup) -> None:
@@ -547,6 +549,33 @@ class TurnServerCore:
             return allocation.scheduled == deadline
         return allocation.peers_scheduled == deadline  # PEERS
 
+    # ------------------------------------------------------------------------------- test-rig faults
+    def expire_allocations(self, now: float, username: str | None = None) -> list[Action]:
+        """Delete the allocations (of `username`, or all) as if their lifetime had run out (docs/testing.md)."""
+        self._now = now
+        actions: list[Action] = []
+        for allocation in list(self._allocations.values()):
+            if username is None or allocation.username == username:
+                actions.extend(self._delete(allocation, "expired"))
+        return actions
+
+    def expire_nonces(self) -> None:
+        """Sign nonces with a new key: every nonce issued so far is stale, so the next authenticated request of
+        each client gets 438 and a new nonce (RFC 8489 §9.2.4). Reservation tokens keep their key."""
+        self._nonces = NonceSigner(self._randbytes(32), self.config.nonce_lifetime)
+
+    def _injected_failure(
+        self, request: Message, five_tuple: FiveTuple, credentials: Credentials, code: int
+    ) -> list[Action]:
+        error = TurnError(code, reason_for(code))
+        if code in (401, 438):
+            # Challenges carry REALM and a fresh NONCE and no MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
+            return self._refuse(request, five_tuple, Challenge(code, error.reason))
+        response = self._error(request, error)
+        if request.method == Method.ALLOCATE:
+            response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
+        return [self._reply(request, response, five_tuple, credentials.key)]
+
     def close_all(self) -> list[Action]:
         """Free every allocation (server shutdown)."""
         actions: list[Action] = []
@@ -595,6 +624,10 @@ class TurnServerCore:
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
             return [self._reply(request, self._unknown_attributes(request), five_tuple, credentials.key)]
+        if self.faults:
+            injected = self.faults.take(method)
+            if injected is not None:
+                return self._injected_failure(request, five_tuple, credentials, injected)
         try:
             return handler(self, request, five_tuple, credentials, allocation, now)
         except TurnError as error:

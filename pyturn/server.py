@@ -7,6 +7,7 @@ close() are idempotent. The CLI (pyturn.cli) wraps this with signals, PID file a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -14,7 +15,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,13 +24,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pyturn.allocation import Transport
 from pyturn.auth import EXPIRED, UserLookup
 from pyturn.config import Config
-from pyturn.core import AuthFailed, Event, TurnServerCore
+from pyturn.core import AllocationDeleted, AuthFailed, Event, TurnServerCore
 from pyturn.errors import PyturnError, UserDBError
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
+from pyturn.impairment import ActiveImpairment, Impairment
 from pyturn.localaddrs import interface_addresses, server_addresses
+from pyturn.shaping import RelayImpairments
 from pyturn.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets, load_secret_file
 from pyturn.stats import ReloadStats
-from pyturn.stun import Address
+from pyturn.stun import Address, Method
 from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.transport import (
     Runtime,
@@ -634,6 +637,85 @@ class Server:
         self._streams.clear()
         if self._runtime is not None:
             await _release_streams(self._runtime)
+
+    # ----------------------------------------------------------------- test-rig controls (docs/testing.md)
+    def _running(self) -> tuple[TurnServerCore, Runtime]:
+        if self.core is None or self._runtime is None or self._closed:
+            raise PyturnError("the server is not running: start() it first")
+        return self.core, self._runtime
+
+    def _impairments(self) -> RelayImpairments:
+        _, runtime = self._running()
+        if runtime.impairments is None:
+            controller = RelayImpairments(runtime)
+            self._event_log.listeners.append(controller.on_event)
+        impairments: RelayImpairments = runtime.impairments
+        return impairments
+
+    def impair(self, impairment: Impairment | None, *, direction: str = "both",
+               username: str | None = None) -> ActiveImpairment | None:
+        """Impair the relayed media of `username`'s allocations (or everyone's) in `direction` ("both",
+        "to_peer", "to_client"), including allocations created later; returns the live statistics.
+
+        One impairment per username (None = everyone's, used where no username has its own); a new one replaces
+        it. ``impair(None)`` removes them all, ``impair(None, username=...)`` that user's. STUN is never impaired.
+        """
+        return self._impairments().impair(impairment, direction, username)
+
+    @contextlib.contextmanager
+    def impaired(self, impairment: Impairment, *, direction: str = "both",
+                 username: str | None = None) -> Iterator[ActiveImpairment]:
+        """``with server.impaired(Impairment(...)) as stats:`` impairs the relay for the block only."""
+        active = self.impair(impairment, direction=direction, username=username)
+        assert active is not None
+        try:
+            yield active
+        finally:
+            if self._runtime is not None and not self._closed:
+                self._impairments().remove(active)
+
+    def pause_relay(self) -> None:
+        """Drop every relayed datagram, both ways, while STUN and TURN requests are still answered."""
+        self._impairments().pause()
+
+    def resume_relay(self) -> None:
+        """End pause_relay(): relaying (and any impairment in force) resumes."""
+        self._impairments().resume()
+
+    def expire_allocations(self, username: str | None = None) -> int:
+        """Delete `username`'s allocations (or all) as if their lifetime had run out; returns how many went.
+
+        The core deletes them as its timer would (AllocationDeleted with reason "expired", hooks called)."""
+        core, runtime = self._running()
+        actions = core.expire_allocations(runtime.now(), username)
+        runtime.dispatch(actions)
+        return sum(1 for action in actions if isinstance(action, AllocationDeleted))
+
+    def fail_next(self, method: Method | int | str, code: int, count: int = 1) -> None:
+        """The next `count` authenticated requests of `method` ("ALLOCATE", "REFRESH", "CREATE_PERMISSION",
+        "CHANNEL_BIND" or a pyturn.Method) are answered with error `code`, signed with the user's key."""
+        core, _ = self._running()
+        core.faults.add(method, code, count)
+
+    def expire_nonces(self) -> None:
+        """Make every nonce issued so far stale: each client's next authenticated request gets 438."""
+        core, _ = self._running()
+        core.expire_nonces()
+
+    def close_connections(self, username: str | None = None) -> int:
+        """Drop (RST) the TCP/TLS client connections (of `username`'s allocations, or all); returns how many.
+
+        Their allocations die with them (RFC 8656 §7), as when a client's connection breaks."""
+        core, runtime = self._running()
+        dropped = 0
+        for five_tuple, stream in list(runtime.streams.items()):
+            allocation = core.allocations.get(five_tuple)
+            if username is not None and (allocation is None or allocation.username != username):
+                continue
+            if stream.transport is not None:
+                stream.transport.abort()
+                dropped += 1
+        return dropped
 
     # ------------------------------------------------------------------------------------------ queries
     def allocation_count(self) -> int:

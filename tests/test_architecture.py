@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 PURE_MODULES = ["stun", "auth", "userdb", "policy", "allocation", "ports", "ratelimit", "core", "config", "errors",
-                "stats", "sharedsecret"]
+                "stats", "sharedsecret",
+                "impairment", "faults"]
 BANNED = {"asyncio", "socket", "ssl", "signal", "time", "select", "selectors", "threading", "subprocess", "uvloop",
           "prometheus_client"}
 PACKAGE = Path(__file__).resolve().parent.parent / "pyturn"
