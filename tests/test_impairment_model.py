@@ -47,7 +47,7 @@ def test_impairment_statistics_are_what_the_seed_makes_them() -> None:
         for departure in departures:
             # 50 ms +- 10 ms, never earlier than the packet before it (jitter keeps the order)
             assert departure >= previous
-            assert departure == max(previous, now + 0.05 + (2 * u[3] - 1) * 0.01)
+            assert departure == pytest.approx(max(previous, now + 0.05 + (2 * u[3] - 1) * 0.01))
             previous = departure
 
 
