@@ -671,8 +671,12 @@ class Server:
         try:
             yield active
         finally:
-            if self._runtime is not None and not self._closed:
-                self._impairments().remove(active)
+            self.remove_impairment(active)
+
+    def remove_impairment(self, active: ActiveImpairment) -> None:
+        """Take `active` (what impair() returned) out of force, unless another impairment replaced it."""
+        if self._runtime is not None and self._runtime.impairments is not None and not self._closed:
+            self._impairments().remove(active)
 
     def pause_relay(self) -> None:
         """Drop every relayed datagram, both ways, while STUN and TURN requests are still answered."""

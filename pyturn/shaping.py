@@ -25,7 +25,7 @@ from pyturn.allocation import FiveTuple
 from pyturn.core import AllocationCreated, AllocationDeleted, Event
 from pyturn.impairment import ActiveImpairment, ImpairedPath, Impairment, directions_of
 from pyturn.stun import Address
-from pyturn.transport import _PAD, RelayEndpoint, Runtime
+from pyturn.transport import _PAD, DRAIN_BATCH, MAX_DATAGRAM, RelayEndpoint, Runtime
 
 Deliver = Callable[[bytes, Any], object]
 TIMER_SLACK = 0.0005  # seconds: a timer may fire this much early (the loop's clock resolution); still due
@@ -91,6 +91,17 @@ class BlackHole:
 Shaper = PathShaper | BlackHole
 
 
+def _drain_into(sock: Any, hole: BlackHole) -> None:
+    for _ in range(DRAIN_BATCH):
+        try:
+            sock.recvfrom(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            continue
+        hole.dropped += 1
+
+
 class ImpairedRelayEndpoint(RelayEndpoint):
     """A RelayEndpoint whose datagrams towards the peer go through a shaper (same layout: no new slots)."""
 
@@ -148,6 +159,7 @@ class RelayImpairments:
         self._to_client: dict[RelayEndpoint, Any] = {}  # endpoint -> its real udp_sock (None over TCP/TLS)
         self._indications: dict[FiveTuple, tuple[Shaper, Deliver]] = {}
         self._endpoints: dict[FiveTuple, RelayEndpoint] = {}  # the endpoints changed above
+        self._paused_readers: set[RelayEndpoint] = set()
         self._send_to_client = runtime._send_to_client
         runtime.impairments = self
 
@@ -223,6 +235,22 @@ class RelayImpairments:
             self._send_to_client(five_tuple, data)
 
     # ------------------------------------------------------------------------------------------ wiring
+    def _pause_reading(self, endpoint: RelayEndpoint, hole: BlackHole | None) -> None:
+        """While paused, the relay socket's reader is swapped for one that drains and counts: its datagrams
+        reach neither the fast path nor the core, and are not counted as relayed to the client."""
+        if endpoint.closed:
+            self._paused_readers.discard(endpoint)
+            return
+        loop = self.runtime.loop
+        if hole is not None and endpoint not in self._paused_readers:
+            self._paused_readers.add(endpoint)
+            loop.remove_reader(endpoint.fd)
+            loop.add_reader(endpoint.fd, _drain_into, endpoint.sock, hole)
+        elif hole is None and endpoint in self._paused_readers:
+            self._paused_readers.discard(endpoint)
+            loop.remove_reader(endpoint.fd)
+            loop.add_reader(endpoint.fd, endpoint._readable)
+
     def _shapers_for(self, username: str | None) -> tuple[Shaper | None, Shaper | None]:
         if self.paused is not None:
             return self.paused, self.paused
@@ -249,6 +277,9 @@ class RelayImpairments:
     def _apply(self, endpoint: RelayEndpoint, username: str | None, five_tuple: FiveTuple,
                *, forget: bool = False) -> None:
         to_peer, to_client = (None, None) if forget else self._shapers_for(username)
+        self._pause_reading(endpoint, to_client if isinstance(to_client, BlackHole) else None)
+        if isinstance(to_client, BlackHole):
+            to_client = None  # nothing read from the relay socket reaches the client path
         if to_peer is not None:
             self._to_peer[endpoint] = (to_peer, types.MethodType(RelayEndpoint.send, endpoint))
             endpoint.__class__ = ImpairedRelayEndpoint
@@ -266,7 +297,7 @@ class RelayImpairments:
             if endpoint in self._to_client:
                 endpoint.udp_sock = self._to_client.pop(endpoint)
             self._indications.pop(five_tuple, None)
-        if endpoint in self._to_peer or endpoint in self._to_client:
+        if endpoint in self._to_peer or endpoint in self._to_client or endpoint in self._paused_readers:
             self._endpoints[five_tuple] = endpoint
         else:
             self._endpoints.pop(five_tuple, None)
