@@ -10,27 +10,20 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
-import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from requirements import require_module
 
 aiortc = require_module("aiortc")
 
-from aiortc import (  # noqa: E402
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCIceServer,
-    RTCIceTransportPolicy,
-    RTCPeerConnection,
-)
+from webrtc_rig import WAIT, peer_pair  # noqa: E402
 
 import pyturn  # noqa: E402
 
 USERNAME = "rig"
 PASSWORD = "impaired path"
-WAIT = 30.0
 LOSS = 0.10
 DELAY = 0.050
 SEED = 18
@@ -38,49 +31,8 @@ BURST = 40
 SAMPLES = 15
 
 
-class Pinger:
-    """A data channel from `offerer` to `answerer`, which answers every "ping N" with "pong N"."""
-
-    def __init__(self, offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
-        self.channel = offerer.createDataChannel("rig")
-        self.opened = asyncio.Event()
-        self.pongs: asyncio.Queue[str] = asyncio.Queue()
-        self.channel.on("open", self.opened.set)
-        self.channel.on("message", self.pongs.put_nowait)
-
-        @answerer.on("datachannel")
-        def on_datachannel(remote: RTCDataChannel) -> None:
-            @remote.on("message")
-            def on_message(message: str) -> None:
-                remote.send(message.replace("ping", "pong"))
-
-    async def burst(self, count: int) -> list[str]:
-        for number in range(count):
-            self.channel.send(f"ping {number}")
-        return [await asyncio.wait_for(self.pongs.get(), WAIT) for _ in range(count)]
-
-    async def round_trips(self, count: int) -> list[float]:
-        """`count` sequential ping-pong times, in seconds."""
-        times = []
-        for number in range(count):
-            sent = time.perf_counter()
-            self.channel.send(f"ping rtt-{number}")
-            assert await asyncio.wait_for(self.pongs.get(), WAIT) == f"pong rtt-{number}"
-            times.append(time.perf_counter() - sent)
-        return times
-
-
-def relay_only(server: pyturn.Server) -> RTCConfiguration:
-    entries = server.ice_servers(USERNAME, transports=("udp",))
-    return RTCConfiguration(iceServers=[RTCIceServer(**entry) for entry in entries],
-                            iceTransportPolicy=RTCIceTransportPolicy.RELAY)
-
-
-async def negotiate(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
-    await offerer.setLocalDescription(await offerer.createOffer())
-    await answerer.setRemoteDescription(offerer.localDescription)
-    await answerer.setLocalDescription(await answerer.createAnswer())
-    await offerer.setRemoteDescription(answerer.localDescription)
+def ice_servers(server: pyturn.Server) -> list[dict[str, Any]]:
+    return server.ice_servers(USERNAME, transports=("udp",))
 
 
 @pytest.fixture
@@ -90,11 +42,8 @@ async def server() -> AsyncIterator[pyturn.Server]:
 
 
 async def test_impairment_data_channel_through_loss_and_delay_in_order(server: pyturn.Server) -> None:
-    offerer, answerer = RTCPeerConnection(relay_only(server)), RTCPeerConnection(relay_only(server))
-    try:
-        pinger = Pinger(offerer, answerer)
-        await asyncio.wait_for(negotiate(offerer, answerer), WAIT)
-        await asyncio.wait_for(pinger.opened.wait(), WAIT)
+    async with peer_pair(ice_servers(server)) as pinger:
+        await pinger.connect()
         baseline = await pinger.round_trips(SAMPLES)
         impairment = pyturn.Impairment(loss=LOSS, delay=DELAY, seed=SEED)
         with server.impaired(impairment, direction="to_peer") as active:
@@ -102,9 +51,6 @@ async def test_impairment_data_channel_through_loss_and_delay_in_order(server: p
             impaired = await asyncio.wait_for(pinger.round_trips(SAMPLES), WAIT * 2)
         stats = active.to_peer
         assert stats is not None and active.to_client is None
-    finally:
-        await offerer.close()
-        await answerer.close()
 
     # SCTP retransmits what was lost: every message arrives, in order.
     assert replies == [f"pong {number}" for number in range(BURST)]
@@ -125,11 +71,8 @@ async def test_impairment_data_channel_through_loss_and_delay_in_order(server: p
 
 
 async def test_impairment_pause_relay_is_a_black_hole_for_media_only(server: pyturn.Server) -> None:
-    offerer, answerer = RTCPeerConnection(relay_only(server)), RTCPeerConnection(relay_only(server))
-    try:
-        pinger = Pinger(offerer, answerer)
-        await asyncio.wait_for(negotiate(offerer, answerer), WAIT)
-        await asyncio.wait_for(pinger.opened.wait(), WAIT)
+    async with peer_pair(ice_servers(server)) as pinger:
+        await pinger.connect()
         relayed = server.relayed_bytes()
         server.pause_relay()
         pinger.channel.send("ping lost")
@@ -141,6 +84,3 @@ async def test_impairment_pause_relay_is_a_black_hole_for_media_only(server: pyt
         # SCTP retransmits the message sent during the pause (its timer has backed off: allow for that).
         assert await asyncio.wait_for(pinger.pongs.get(), WAIT) == "pong lost"
         assert await pinger.burst(3) == ["pong 0", "pong 1", "pong 2"]
-    finally:
-        await offerer.close()
-        await answerer.close()
