@@ -5,7 +5,10 @@ Keep the code blocks of docs/testing.md and these tests in step (the page names 
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import re
+from pathlib import Path
 
 import pytest
 from requirements import require_module
@@ -86,3 +89,13 @@ def test_recipe_turn_servers_share_one_user(turn_servers: TurnServerFactory) -> 
         turn_servers.username, turn_servers.password)
     assert first.addresses["udp"] != second.addresses["tcp"] and not second.addresses["udp"]
     assert turn_servers.servers == [first, second]
+
+
+def test_recipe_page_names_tests_that_exist() -> None:
+    root = Path(__file__).resolve().parent.parent
+    named = set(re.findall(r"`(tests/[a-z_]+\.py)::([a-z_0-9]+)`", (root / "docs" / "testing.md").read_text()))
+    assert len(named) >= 6
+    for path, name in named:
+        functions = {node.name for node in ast.walk(ast.parse((root / path).read_text()))
+                     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+        assert name in functions, f"docs/testing.md names {path}::{name}, which does not exist"
