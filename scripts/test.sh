@@ -2,7 +2,8 @@
 # Installs everything the test suite needs, then runs the whole suite (extra arguments go to pytest).
 # As root on Debian it also installs the independent client tools the interop tests drive: coturn's
 # turnutils_* (its turnserver service is stopped and disabled: pyturn's tests never use it) and the
-# classic `stun` client, apache2-utils' htdigest and nginx (its service stopped and disabled too). Python packages go into ./.venv unless a virtualenv is already active.
+# classic `stun` client, apache2-utils' htdigest and nginx (its service stopped and disabled too), and what
+# the deployment tests need. Python packages go into ./.venv unless a virtualenv is already active.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apt_install() {
@@ -15,10 +16,18 @@ if ! command -v turnutils_uclient >/dev/null || ! command -v stun >/dev/null; th
     apt_install coturn stun-client
 fi
 if ! command -v htdigest >/dev/null; then
-    apt_install apache2-utils  # the real htdigest, for the `pyturn users` round trips
+    apt_install apache2-utils  # the real htdigest, for the `pyturn users` round trips and the deployment tests
 fi
 if ! command -v nginx >/dev/null; then
     apt_install nginx libnginx-mod-stream  # the README's ssl_preread snippet for sharing port 443 is run
+fi
+# The deployment tests (tests/deploy/) run pyturn in network namespaces (iproute2) and drive Debian's Chromium
+# through playwright (the pip package; it never downloads a browser).
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
 fi
 if [ "$(id -u)" = 0 ]; then
     (systemctl disable --now coturn || service coturn stop || true) >/dev/null 2>&1

@@ -50,7 +50,7 @@ async def _allocate_against_guide(guide: str, secret: str, tmp_path: Path,
     port = free_port()
     overrides = [f"--TurnAddress={LOOPBACK}", "--TurnV6Address=", f"--TurnPort={port}", "--TlsTurnPort=0",
                  f"--AuthSharedSecretFile={secret_file}", "--RunAsUser=", "--RunAsGroup=",
-                 "--AllowedPeerAddresses=127.0.0.0/8", "--UserDatabaseCheckInterval=0"]
+                 "--UserDatabaseCheckInterval=0"]
     with pyturn_process(config, port, *overrides) as server:
         for username, password in credentials:
             with MiniTurnClient((LOOPBACK, port), username, password) as client:

@@ -15,10 +15,14 @@ from interop import (
     LOOPBACK,
     PyturnProcess,
     free_port,
+    free_udp_port_pair,
     python_module_available,
+    pyturn_process,
     require_tool,
     run_pyturn_cli,
+    run_uclient,
     stop_process,
+    turnutils_peer,
     wait_for_binding,
     write_config,
 )
@@ -103,6 +107,16 @@ def test_interop_demo_config_answers_binding_within_one_second(tmp_path: Path) -
     output = process.stdout.read().decode(errors="replace") if process.stdout else ""
     assert elapsed < 1.0, f"first Binding answered {elapsed:.2f} s after exec\n{output}"
     assert process.returncode == 0, output
+
+
+def test_interop_readme_demo_uclient_example_relays_without_loss(tmp_path: Path) -> None:
+    # The README's "Try it with coturn's client tools" lines, against the demo configuration as shipped.
+    port, peer_port = free_port(), free_udp_port_pair()
+    with turnutils_peer(peer_port), pyturn_process(DEMO_CONFIG, port, f"--TurnPort={port}", cwd=REPO / "conf"):
+        report = run_uclient(["-e", LOOPBACK, "-r", str(peer_port), "-u", "test", "-w", "1234", "-n", "100",
+                              "-p", str(port), LOOPBACK], timeout=60)
+    assert report.sent == report.received > 0, report.output[-3000:]
+    assert report.lost == 0, report.output[-3000:]
 
 
 def test_interop_second_server_on_same_port_fails_to_start(pyturn_subprocess: PyturnProcess, tmp_path: Path) -> None:

@@ -141,7 +141,9 @@ async def test_webrtc_data_channel_with_shared_secret_credentials() -> None:
     # service would hand them out.
     secret = "webrtc-shared-secret"
     recorder = Recorder()
-    async with pyturn.Server(shared_secret=secret, hooks=recorder.hooks()) as server:
+    # The default peer policy (no allow list), as in recorded_server: the relays reach each other on their own.
+    config = pyturn.loopback_config(allowed_peer_addresses=())
+    async with pyturn.Server(config, shared_secret=secret, hooks=recorder.hooks()) as server:
 
         def configuration(user: str) -> RTCConfiguration:
             username, password = pyturn.rest_credentials(secret, user, ttl=600)
