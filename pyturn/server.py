@@ -616,6 +616,8 @@ class Server:
         for sock in self._listen_sockets.values():
             sock.close()
         self._listen_sockets.clear()
+        if self._runtime is not None and self._runtime.impairments is not None:
+            self._runtime.impairments.close()
         if self.core is not None and self._runtime is not None:
             self._runtime.dispatch(self.core.close_all())
         for listener in self._udp:

@@ -202,6 +202,14 @@ class RelayImpairments:
             self.paused = None
             self._apply_all()
 
+    def close(self) -> None:
+        """The server is closing: drop what waits in the queues and every impairment."""
+        for _, shapers in self.rules.values():
+            for shaper in shapers.values():
+                shaper.close()
+        self.rules.clear()
+        self.paused = None
+
     @property
     def active(self) -> bool:
         return bool(self.rules) or self.paused is not None

@@ -9,11 +9,11 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from interop import MiniTurnClient, start_echo_peer
+from interop import MiniTurnClient, TurnRequestFailed, start_echo_peer
 
 import pyturn
 from pyturn.errors import PyturnError
-from pyturn.stun import Attr, Method, decode_message
+from pyturn.stun import Attr, Method, decode_message, verify_integrity
 from pyturn.transport import RelayEndpoint
 
 USERS = {"alice": "alice-password", "bob": "bob-password"}
@@ -124,3 +124,33 @@ async def test_impairment_controls_need_a_running_server() -> None:
             server.fail_next("BINDING", 500)
         assert server.expire_allocations() == 0 and server.close_connections() == 0
         assert untouched(server) and server.runtime is not None and not server.runtime.impairments.active
+
+
+def test_impairment_and_faults_through_run_in_thread() -> None:
+    # A synchronous test: the server runs on its own thread, the client on an event loop of this one.
+    async def echo_and_refresh(address: tuple[str, int]) -> tuple[float, TurnRequestFailed]:
+        peer_transport, _ = await start_echo_peer()
+        peer = peer_transport.get_extra_info("sockname")
+        try:
+            with MiniTurnClient(address, "alice", USERS["alice"]) as alice:
+                await alice.allocate()
+                await alice.create_permission(peer)
+                elapsed = await echo_once(alice, peer, b"through the thread")
+                with pytest.raises(TurnRequestFailed) as failed:
+                    await alice.refresh(600)
+                assert alice.key is not None and verify_integrity(failed.value.response, alice.key)
+                return elapsed, failed.value
+        finally:
+            peer_transport.close()
+
+    with pyturn.run_in_thread(users=USERS) as server:
+        server.fail_next("REFRESH", 500)
+        with server.impaired(pyturn.Impairment(delay=0.1, seed=2), username="alice") as active:
+            elapsed, failure = asyncio.run(echo_and_refresh(server.addresses["udp"][0]))
+        assert elapsed >= 0.2 and failure.code == 500
+        assert active.delayed == 2 and active.dropped == 0
+        assert server.expire_allocations("alice") == 1
+        server.pause_relay()
+        server.resume_relay()
+        server.expire_nonces()
+        assert server.impair(None) is None
