@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from turnclient import Harness
 
 from pyturn.core import AllocationDeleted, SendToClient
@@ -209,3 +211,37 @@ def test_fault_expire_allocations_deletes_as_the_timer_would() -> None:
     assert len(harness.core.expire_allocations(harness.now)) == 2  # bob's: CloseRelay + AllocationDeleted
     assert not harness.core.allocations
     assert not [a for a in result.actions if isinstance(a, SendToClient) and decode_message(a.data).method != 4]
+
+
+# ------------------------------------------------------------------------------------ properties
+@given(
+    loss=st.floats(0, 1), duplicate=st.floats(0, 1), reorder=st.floats(0, 1), delay=st.floats(0.001, 2),
+    jitter=st.floats(0, 1), rate=st.none() | st.floats(100, 1e7), limit=st.integers(1, 50), seed=st.integers(),
+    arrivals=st.lists(st.tuples(st.floats(0, 0.05), st.integers(1, 1500)), max_size=200),
+)
+def test_impairment_properties(
+    loss: float, duplicate: float, reorder: float, delay: float, jitter: float, rate: float | None, limit: int,
+    seed: int, arrivals: list[tuple[float, int]],
+) -> None:
+    path = ImpairedPath(Impairment(loss=loss, duplicate=duplicate, reorder=reorder, delay=delay, jitter=jitter,
+                                   rate=rate, limit=limit), random.Random(seed))
+    now = 0.0
+    pending: list[float] = []
+    last_in_order = 0.0
+    kept = 0
+    for gap, size in arrivals:
+        now += gap
+        departures = path.admit(size, now)
+        pending = [at for at in pending if at > now]
+        assert len(pending) <= limit + 1  # bounded: one packet's copy may come on top of the limit
+        assert len(departures) in (0, 1, 2) and len(set(departures)) <= 1
+        kept += bool(departures)
+        for departure in departures:
+            assert departure >= now
+            if departure > now:
+                assert departure >= last_in_order  # the waiting packets leave in order
+                last_in_order = departure
+                pending.append(departure)
+    stats = path.stats
+    assert stats.packets == len(arrivals) == kept + stats.dropped + stats.rate_dropped + stats.overflowed
+    assert stats.duplicated <= kept and stats.reordered + stats.delayed <= kept
