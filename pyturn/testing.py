@@ -220,6 +220,8 @@ def _serving(
         raise pytest.UsageError(f"{where}: transports must be some of {TRANSPORTS}, got {transports}")
     impairment = options.pop("impairment", None)
     direction = options.pop("impairment_direction", "both")
+    if direction not in ("both", "to_peer", "to_client"):
+        raise pytest.UsageError(f"{where}: impairment_direction is 'both', 'to_peer' or 'to_client', got {direction!r}")
     lifetime = options.pop("lifetime", None)
     if lifetime is not None:  # default = floor and maximum = cap (reTurn.md §6.5): every allocation gets exactly this
         options.setdefault("default_allocation_lifetime", lifetime)
