@@ -84,3 +84,21 @@ async def test_impairment_pause_relay_is_a_black_hole_for_media_only(server: pyt
         # SCTP retransmits the message sent during the pause (its timer has backed off: allow for that).
         assert await asyncio.wait_for(pinger.pongs.get(), WAIT) == "pong lost"
         assert await pinger.burst(3) == ["pong 0", "pong 1", "pong 2"]
+
+
+async def test_impairment_data_channel_through_jitter_duplicates_and_reordering(server: pyturn.Server) -> None:
+    impairment = pyturn.Impairment(delay=0.02, jitter=0.01, duplicate=0.1, reorder=0.1, seed=SEED)
+    async with peer_pair(ice_servers(server)) as pinger:
+        await pinger.connect()
+        with server.impaired(impairment) as active:  # both directions: each way crosses two impaired hops
+            replies = await asyncio.wait_for(pinger.burst(BURST), WAIT * 2)
+    assert replies == [f"pong {number}" for number in range(BURST)]  # SCTP reorders and drops the copies
+    for direction, stats in (("to_peer", active.to_peer), ("to_client", active.to_client)):
+        assert stats is not None
+        rng = random.Random(f"pyturn-impairment:{SEED}:{direction}")
+        draws = [(rng.random(), rng.random(), rng.random(), rng.random()) for _ in range(stats.packets)]
+        assert stats.duplicated == sum(1 for draw in draws if draw[1] < 0.1)
+        assert stats.reordered == sum(1 for draw in draws if draw[2] < 0.1)
+        assert stats.delayed == stats.packets - stats.reordered  # 20 ms +- 10 ms: every other packet waited
+        assert stats.dropped == stats.rate_dropped == stats.overflowed == 0
+    assert active.duplicated > 0 and active.reordered > 0
