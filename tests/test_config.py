@@ -612,6 +612,7 @@ def test_config_sample_loads_without_warnings(tmp_path: Path) -> None:
         tls_server_certificate_filename=str(tmp_path / "server.pem"),
         tls_temp_dh_filename=str(tmp_path / "dh2048.pem"),
         log_filename=str(tmp_path / "reTurnServer.log"),
+        legacy_channel_numbers=True,
     )
 
 
