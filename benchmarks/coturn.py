@@ -3,7 +3,8 @@
 * turnserver is started in the foreground with explicit flags (no config file, no CLI, no TLS/DTLS, loopback
   only, log to a file in the run's temporary folder) and is always stopped by the caller (ManagedProcess).
 * turnutils_peer is the UDP echo peer of turnutils_uclient.
-* turnutils_uclient (coturn 4.6.1) is driven with -m/-n/-l/-z and its output parsed (anchors.md §4.4).
+* turnutils_uclient (coturn 4.6.1) is driven with -m/-n/-l/-z and its output parsed (docs/benchmarking.md
+"turnutils_uclient output").
 """
 
 from __future__ import annotations

@@ -39,16 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyturn.errors import StunDecodeError
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    StreamFramer,
-    decode_message,
-    encode_message,
-    long_term_key,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import StreamFramer
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 HOST = "127.0.0.1"
 CHANNEL = 0x4000

@@ -2,7 +2,7 @@
 
     python -m benchmarks.micro_core [--allocations N] [--packets N] [--json PATH]
 
-It drives pyturn.core.TurnServerCore directly, playing the adapter (relay sockets are plain objects), and
+It drives pyturn.core.dispatch.TurnServerCore directly, playing the adapter (relay sockets are plain objects), and
 reports nanoseconds per operation (best of --repeat runs) for:
 
 * allocation set-up: Allocate -> 401, authenticated Allocate (+ relay_opened), ChannelBind;
@@ -28,20 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyturn.allocation import FiveTuple, Transport
 from pyturn.config import Config
-from pyturn.core import OpenRelay, SendToClient, SendToPeer, TurnServerCore
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-    long_term_key,
-)
-from pyturn.userdb import UserDB
+from pyturn.core.actions import OpenRelay, SendToClient, SendToPeer
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.userdb import UserDB
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import encode_channel_data
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 USERNAME, PASSWORD, REALM = "test", "1234", "reTurn"
 SERVER = ("192.0.2.1", 3478)

@@ -36,17 +36,10 @@ from typing import Any
 from benchmarks.loadgen import probe_binding, raise_fd_limit
 from benchmarks.procstat import memory_kib
 from pyturn.errors import StunDecodeError
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-    long_term_key,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 HOST = "127.0.0.1"
 USERNAME, PASSWORD, REALM = "soak", "churn", "reTurn"

@@ -33,22 +33,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyturn.allocation import FiveTuple, Transport
 from pyturn.config import Config
-from pyturn.core import OpenRelay, SendToClient, TurnServerCore
+from pyturn.core.actions import OpenRelay, SendToClient
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.userdb import UserDB
 from pyturn.server import Server, loopback_config
-from pyturn.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-    long_term_key,
-)
-from pyturn.userdb import UserDB
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 USERNAME, PASSWORD, REALM = "test", "1234", "reTurn"
 KEY = long_term_key(USERNAME, REALM, PASSWORD)

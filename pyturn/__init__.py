@@ -8,27 +8,41 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "AllocationCreated",
     "AllocationDeleted",
     "AllocationEnded",
     "AllocationRefreshed",
     "AuthFailed",
     "ChannelBound",
+    "CloseRelay",
     "Config",
     "ConfigError",
+    "Event",
+    "FiveTuple",
     "Hooks",
     "Impairment",
     "ImpairmentStats",
     "KeyCandidates",
     "Method",
+    "OpenRelay",
     "PermissionInstalled",
     "PyturnError",
+    "RelayFailure",
     "RelayedBytes",
+    "ReleasePort",
+    "ReloadResult",
+    "SendFrom",
+    "SendToClient",
+    "SendToPeer",
     "Server",
+    "StartupError",
     "StunDecodeError",
     "ThreadedServer",
     "TimedUserLookup",
+    "Transport",
     "TurnError",
+    "TurnServerCore",
     "UserDB",
     "UserDBError",
     "__version__",
@@ -38,31 +52,48 @@ __all__ = [
     "run_in_thread",
 ]
 
-from pyturn.auth import KeyCandidates, TimedUserLookup
-from pyturn.config import Config, load_config
-from pyturn.core import (
+from pyturn.config import Config
+from pyturn.core.actions import (
+    Action,
+    CloseRelay,
+    OpenRelay,
+    RelayFailure,
+    ReleasePort,
+    SendFrom,
+    SendToClient,
+    SendToPeer,
+)
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.auth import KeyCandidates, TimedUserLookup
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
     AuthFailed,
     ChannelBound,
+    Event,
     PermissionInstalled,
 )
+from pyturn.core.impairment import Impairment, ImpairmentStats
+from pyturn.core.userdb import UserDB
 from pyturn.credentials import rest_credentials
 from pyturn.errors import ConfigError, PyturnError, StunDecodeError, TurnError, UserDBError
+from pyturn.files.configfile import load_config
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
-from pyturn.impairment import Impairment, ImpairmentStats
-from pyturn.stun import Method
-from pyturn.userdb import UserDB
+from pyturn.wire.message import Method
 
 if TYPE_CHECKING:
-    from pyturn.server import Server, loopback_config
+    from pyturn.server import ReloadResult, Server, StartupError, loopback_config
     from pyturn.threaded import ThreadedServer, run_in_thread
 
 # Server and the thread runner pull in asyncio and sockets; importing them lazily keeps `import pyturn` cheap
-# for the pure core.
+# for the pure core. TurnServerCore and the action and event types are what another adapter needs
+# (docs/architecture.md "Sans-IO contract").
 _LAZY = {
     "Server": "pyturn.server",
+    "StartupError": "pyturn.server",
+    "ReloadResult": "pyturn.server",
     "loopback_config": "pyturn.server",
     "ThreadedServer": "pyturn.threaded",
     "run_in_thread": "pyturn.threaded",

@@ -1,3 +1,3 @@
-from pyturn.cli import main
+from pyturn.ops.cli import main
 
 raise SystemExit(main())

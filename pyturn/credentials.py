@@ -1,7 +1,7 @@
 """Computing shared-secret (TURN REST) credentials, as the web service next to the TURN server does.
 
 ``rest_credentials(secret)`` gives a username and password pyturn accepts while ``AuthSharedSecret`` (or
-``shared_secret=``) holds that secret; the scheme is described in pyturn.sharedsecret.
+``shared_secret=``) holds that secret; the scheme is described in pyturn.core.sharedsecret.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pyturn.sharedsecret import DEFAULT_SEPARATOR, rest_password, rest_username
+from pyturn.core.sharedsecret import DEFAULT_SEPARATOR, rest_password, rest_username
 
 __all__ = ["DEFAULT_TTL", "ice_servers_entry", "rest_credentials"]
 

@@ -1,4 +1,4 @@
-"""The one error hierarchy of pyturn (architecture convention 3)."""
+"""The one error hierarchy of pyturn (docs/architecture.md "Errors")."""
 
 from __future__ import annotations
 

@@ -9,15 +9,13 @@ Pure: no sockets, no clock.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyturn.allocation import FiveTuple
-from pyturn.core import (
+from pyturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
@@ -26,7 +24,6 @@ from pyturn.core import (
     Event,
     PermissionInstalled,
 )
-from pyturn.stun import Address
 
 __all__ = ["EVENTS_KEPT", "AllocationEnded", "EventLog", "Hooks", "RelayedBytes"]
 
@@ -48,37 +45,25 @@ class RelayedBytes:
 
     @classmethod
     def of_relay(cls, handle: Any) -> RelayedBytes:
-        """The counters of one relay socket (pyturn.transport.RelayEndpoint counts what it sends and receives)."""
+        """The counters of one relay socket (pyturn.net.relay.RelayEndpoint counts what it sends and receives)."""
         return cls(int(getattr(handle, "bytes_to_peer", 0)), int(getattr(handle, "bytes_to_client", 0)))
 
 
-@dataclass(frozen=True, slots=True)
-class AllocationEnded:
-    """An allocation that was deleted, with what it relayed over its whole life.
-
-    ``reason`` is the core's: "refresh" (the client sent lifetime 0), "expired", "closed" (its TCP/TLS connection
-    closed) or "shutdown" (the server closed).
-    """
-
-    five_tuple: FiveTuple
-    username: str
-    relayed: Address | None
-    reason: str
-    bytes_to_peer: int
-    bytes_to_client: int
+AllocationEnded = AllocationDeleted
+"""The name this event had in the hooks before the core's and the hooks' shapes were one (kept for existing code)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Hooks:
     """Optional callables the Server calls as things happen; leave any of them None.
 
-    on_allocation_deleted receives an AllocationEnded (the deletion plus the relayed byte counts); the others
-    receive the core's event as is.
+    Each receives the event of its name as the core reported it; on_allocation_deleted's AllocationDeleted carries
+    the byte counts of the allocation's relay socket.
     """
 
     on_allocation_created: Callable[[AllocationCreated], None] | None = None
     on_allocation_refreshed: Callable[[AllocationRefreshed], None] | None = None
-    on_allocation_deleted: Callable[[AllocationEnded], None] | None = None
+    on_allocation_deleted: Callable[[AllocationDeleted], None] | None = None
     on_permission: Callable[[PermissionInstalled], None] | None = None
     on_channel: Callable[[ChannelBound], None] | None = None
     on_auth_failure: Callable[[AuthFailed], None] | None = None
@@ -101,27 +86,21 @@ class EventLog:
     def __init__(self, hooks: Hooks | None = None, *, keep: int = EVENTS_KEPT) -> None:
         self.hooks = hooks if hooks is not None else Hooks()
         self.events: deque[Event] = deque(maxlen=keep)
-        self.ended: deque[AllocationEnded] = deque(maxlen=keep)
+        self.ended: deque[AllocationDeleted] = deque(maxlen=keep)
         self.listeners: list[Callable[[Event], None]] = []
         self.finished = RelayedBytes()
-        self._live: dict[FiveTuple, AllocationCreated] = {}
 
     def __call__(self, event: Event) -> None:
         hooks = self.hooks
-        ended = None
-        if isinstance(event, AllocationDeleted):
-            ended = self._end(event)  # reads the byte counters off the relay handle
-            # Passed on without the handle: a closed socket has nothing more to say, and the event log must not keep
-            # the closed relays of its last EVENTS_KEPT events alive.
-            event = dataclasses.replace(event, handle=None)
         self.events.append(event)
         if isinstance(event, AllocationCreated):
-            self._live[event.five_tuple] = event
             if hooks.on_allocation_created is not None:
                 _call(hooks.on_allocation_created, event)
-        elif ended is not None:
+        elif isinstance(event, AllocationDeleted):
+            self.finished += RelayedBytes(event.bytes_to_peer, event.bytes_to_client)
+            self.ended.append(event)
             if hooks.on_allocation_deleted is not None:
-                _call(hooks.on_allocation_deleted, ended)
+                _call(hooks.on_allocation_deleted, event)
         elif isinstance(event, AllocationRefreshed):
             if hooks.on_allocation_refreshed is not None:
                 _call(hooks.on_allocation_refreshed, event)
@@ -135,21 +114,6 @@ class EventLog:
             _call(hooks.on_auth_failure, event)
         for listener in list(self.listeners):
             _call(listener, event)
-
-    def _end(self, event: AllocationDeleted) -> AllocationEnded:
-        created = self._live.pop(event.five_tuple, None)
-        counted = RelayedBytes.of_relay(event.handle)
-        self.finished += counted
-        ended = AllocationEnded(
-            five_tuple=event.five_tuple,
-            username=created.username if created is not None else "",
-            relayed=created.relayed if created is not None else None,
-            reason=event.reason,
-            bytes_to_peer=counted.to_peer,
-            bytes_to_client=counted.to_client,
-        )
-        self.ended.append(ended)
-        return ended
 
     def relayed_bytes(self, live_relays: Iterable[Any] = ()) -> RelayedBytes:
         """Bytes of every deleted allocation plus the current counters of the relays still open."""

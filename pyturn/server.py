@@ -1,7 +1,7 @@
 """pyturn.Server: the listeners, the core and the timers of one server, as an async context manager.
 
 The library owns no process state: no signal handlers, no logging configuration, no sys.exit. start() and
-close() are idempotent. The CLI (pyturn.cli) wraps this with signals, PID file and exit codes.
+close() are idempotent. The CLI (pyturn.ops.cli) wraps this with signals, PID file and exit codes.
 """
 
 from __future__ import annotations
@@ -21,33 +21,31 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyturn.allocation import Transport
-from pyturn.auth import EXPIRED, UserLookup
 from pyturn.config import Config
-from pyturn.core import AllocationDeleted, AuthFailed, Event, TurnServerCore
+from pyturn.core.allocation import Transport
+from pyturn.core.auth import EXPIRED, UserLookup
+from pyturn.core.dispatch import TurnServerCore
+from pyturn.core.events import AllocationDeleted, AuthFailed, Event
+from pyturn.core.impairment import ActiveImpairment, Impairment
+from pyturn.core.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets
+from pyturn.core.stats import ReloadStats
+from pyturn.core.userdb import UserDB
 from pyturn.errors import PyturnError, UserDBError
+from pyturn.files.secretfile import load_secret_file
+from pyturn.files.userfile import load_user_file
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
-from pyturn.impairment import ActiveImpairment, Impairment
-from pyturn.localaddrs import interface_addresses, server_addresses
-from pyturn.shaping import RelayImpairments
-from pyturn.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets, load_secret_file
-from pyturn.stats import ReloadStats
-from pyturn.stun import Address, Method
-from pyturn.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
-from pyturn.transport import (
-    Runtime,
-    UdpListener,
-    bind_stream,
-    bind_udp,
-    has_ipv6,
-    make_stream_factory,
-    start_stream_listener,
-)
-from pyturn.userdb import UserDB, load_user_file
+from pyturn.net.localaddrs import interface_addresses, server_addresses
+from pyturn.net.runtime import Runtime
+from pyturn.net.shaping import RelayImpairments
+from pyturn.net.sockets import bind_stream, bind_udp, has_ipv6
+from pyturn.net.stream import make_stream_factory, start_stream_listener
+from pyturn.net.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
+from pyturn.net.udp import UdpListener
+from pyturn.wire.message import Address, Method
 
 if TYPE_CHECKING:
-    from pyturn.metrics import MetricsEndpoint
-    from pyturn.metrics_workers import SampleAnswerer
+    from pyturn.net.metrics import MetricsEndpoint
+    from pyturn.net.metrics_workers import SampleAnswerer
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +178,11 @@ class Server:
     ``relayed_bytes()`` keep them for later assertions. ``transports`` limits the listeners to some of "udp",
     "tcp", "tls" (TLS also needs TlsTurnPort or ``ssl_context``).
 
-    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.workers): on
+    ``relay_ports`` is the whole relay port range when ``config`` holds only a slice of it (pyturn.ops.workers): on
     the server's own addresses, peers are allowed on those ports only (docs/security.md "Peer policy").
 
     ``listen_sockets`` are already bound listening sockets (UDP, or TCP in listen state) that the server uses
-    instead of binding the same type, address and port itself (pyturn.workers binds them in the master, so a
+    instead of binding the same type, address and port itself (pyturn.ops.workers binds them in the master, so a
     restarted worker takes over its predecessor's place in the SO_REUSEPORT group).
 
     ``shared_secret`` (one secret or several) accepts TURN REST credentials (pyturn.rest_credentials), in addition
@@ -212,7 +210,7 @@ class Server:
         # The whole relay range, where the server's own addresses are valid peers (other allocations' relays);
         # a worker's config holds only its slice of it.
         self._relay_ports = relay_ports
-        # AF_UNIX socketpairs among them link the workers' metrics (pyturn.metrics_workers).
+        # AF_UNIX socketpairs among them link the workers' metrics (pyturn.net.metrics_workers).
         self._metrics_channels = [sock for sock in listen_sockets if sock.family == socket.AF_UNIX]
         self._listen_sockets = {
             _listen_key(sock.type, *sock.getsockname()[:2]): sock
@@ -417,7 +415,7 @@ class Server:
 
         start() calls this when MetricsPort is set; a test rig may call it after start() for an ephemeral port.
         """
-        from pyturn.metrics import open_metrics_endpoint
+        from pyturn.net.metrics import open_metrics_endpoint
 
         if self.metrics is not None:
             return self.metrics.address
@@ -430,7 +428,7 @@ class Server:
         return self.metrics.address
 
     async def _start_configured_metrics(self) -> None:
-        from pyturn.metrics import answer_metrics_requests
+        from pyturn.net.metrics import answer_metrics_requests
 
         host, port = self.config.metrics_address, self.config.metrics_port
         if self._metrics_channels and _listen_key(socket.SOCK_STREAM, host, port) not in self._listen_sockets:
@@ -554,7 +552,8 @@ class Server:
         return int(bound[1])
 
     def _open_alternate(self, primary_port: int) -> None:
-        """RFC 3489 / RFC 5780: three more UDP sockets, A1:P2, A2:P1, A2:P2 (reTurn.md §4.1)."""
+        """RFC 3489 / RFC 5780: three more UDP sockets, A1:P2, A2:P1, A2:P2 (docs/compatibility.md "Alternate
+        address")."""
         assert self.core is not None
         config = self.config
         primary_host = config.turn_address

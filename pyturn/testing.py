@@ -12,7 +12,7 @@ Installed with pyturn (entry point ``pytest11``), so no conftest line is needed:
     @pytest.mark.turn_server(impairment=pyturn.Impairment(loss=0.1, delay=0.05, seed=1))
     def test_through_a_lossy_path(turn_server):
         ...
-        assert turn_server.impairment.dropped > 0  # live statistics (pyturn.impairment.ActiveImpairment)
+        assert turn_server.impairment.dropped > 0  # live statistics (pyturn.core.impairment.ActiveImpairment)
 
     def test_failover(turn_servers):
         first, second = turn_servers(), turn_servers()  # one more server per call, all with the same user
@@ -40,11 +40,11 @@ import pytest
 from pyturn.errors import PyturnError
 
 if TYPE_CHECKING:
-    from pyturn.core import Event
+    from pyturn.core.events import Event
+    from pyturn.core.impairment import ActiveImpairment, Impairment
     from pyturn.hooks import AllocationEnded, RelayedBytes
-    from pyturn.impairment import ActiveImpairment, Impairment
-    from pyturn.stun import Address, Method
     from pyturn.threaded import ThreadedServer
+    from pyturn.wire.message import Address, Method
 
 # The plugin loads in every pytest run of every project that installs pyturn: the server modules are imported
 # only when a test asks for the fixture.
@@ -121,7 +121,7 @@ def server_ssl_context(certificate: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certificate, key)
-    from pyturn.tls import ALPN_PROTOCOLS
+    from pyturn.net.tls import ALPN_PROTOCOLS
 
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     return context
@@ -223,7 +223,8 @@ def _serving(
     if direction not in ("both", "to_peer", "to_client"):
         raise pytest.UsageError(f"{where}: impairment_direction is 'both', 'to_peer' or 'to_client', got {direction!r}")
     lifetime = options.pop("lifetime", None)
-    if lifetime is not None:  # default = floor and maximum = cap (reTurn.md §6.5): every allocation gets exactly this
+    # default = floor and maximum = cap (docs/compatibility.md "Lifetimes"): every allocation gets exactly this
+    if lifetime is not None:
         options.setdefault("default_allocation_lifetime", lifetime)
         options.setdefault("max_allocation_lifetime", lifetime)
     try:

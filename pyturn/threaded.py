@@ -18,12 +18,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from pyturn.config import Config
-from pyturn.core import Event
+from pyturn.core.events import Event
+from pyturn.core.impairment import ActiveImpairment, Impairment
 from pyturn.errors import PyturnError
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
-from pyturn.impairment import ActiveImpairment, Impairment
 from pyturn.server import TRANSPORTS, ReloadResult, Server, Users
-from pyturn.stun import Address, Method
+from pyturn.wire.message import Address, Method
 
 __all__ = ["ThreadedServer", "run_in_thread"]
 

@@ -33,7 +33,7 @@ if [ "$(id -u)" = 0 ]; then
     (systemctl disable --now coturn || service coturn stop || true) >/dev/null 2>&1
     (systemctl disable --now nginx || service nginx stop || true) >/dev/null 2>&1  # the tests start their own
 fi
-# tests/test_debian_package.py builds the .deb, runs lintian and installs it in a debootstrap'd chroot.
+# tests/ops/test_debian_package.py builds the .deb, runs lintian and installs it in a debootstrap'd chroot.
 debian_tools="dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-yaml
               lintian debootstrap groff-base"
 missing=""

@@ -1,4 +1,4 @@
-"""Fixtures shared by the end-to-end (interop) tests; helpers live in tests/interop.py."""
+"""Fixtures shared by the end-to-end (interop) tests; helpers live in tests/support/interop.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from interop import (  # tests/ is on sys.path: pytest's default "prepend" import mode puts rootless conftest dirs there
+from interop import (  # tests/support is on sys.path (pyproject: [tool.pytest.ini_options] pythonpath)
     LOOPBACK,
     PASSWORD,
     USERNAME,
@@ -22,7 +22,7 @@ from pyturn.config import Config
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """@pytest.mark.requires(condition, reason): skip locally, fail under CI (tests/requirements.py)."""
+    """@pytest.mark.requires(condition, reason): skip locally, fail under CI (tests/support/requirements.py)."""
     for mark in item.iter_markers(name="requires"):
         require(*mark.args, **mark.kwargs)
 

@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 from ptyrun import run_on_pty  # tests/ptyrun.py
 from requirements import require  # tests/requirements.py
 
-from pyturn.stun import Message, MessageClass, Method, decode_message, encode_message
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.message import Message, MessageClass, Method
 
 T = TypeVar("T")
 

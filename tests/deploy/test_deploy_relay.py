@@ -18,19 +18,11 @@ import pytest
 from handbook import ALT_STUN_PORT, PORT_RANGE, REALM, TURN_PORT, USERS, Deployment
 from interop import MiniTurnClient, TurnRequestFailed
 from netns import ALT_STUN_ADDRESS, TURN_ADDRESS, TURN_V6_ADDRESS, require_tool
-from test_interop_tcp_tls import StreamTurnClient
+from streamclient import StreamTurnClient
 
-from pyturn.stun import (
-    Address,
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    decode_channel_data,
-    decode_message,
-    encode_channel_data,
-    encode_message,
-)
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.framing import decode_channel_data, encode_channel_data
+from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 pytestmark = pytest.mark.deploy
 

@@ -17,7 +17,7 @@ from handbook import TURN_PORT, USERS, Deployment
 from interop import parse_uclient
 from netns import PEER_ADDRESS, TURN_ADDRESS, Namespace, require_tool
 
-from pyturn.stun import Address
+from pyturn.wire.message import Address
 
 pytestmark = pytest.mark.deploy
 

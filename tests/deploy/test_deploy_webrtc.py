@@ -38,7 +38,7 @@ def _is_relayed_address(host: str, port: int) -> bool:
 # --------------------------------------------------------------------------------------------- aiortc
 async def _aiortc_call(transport: str) -> dict[str, Any]:
     from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection
-    from test_webrtc import _candidate_types, _exchange
+    from webrtccall import candidate_types, exchange
 
     def relay_only(username: str) -> RTCConfiguration:
         server = RTCIceServer(urls=_turn_url(transport), username=username, credential=USERS[username])
@@ -49,7 +49,7 @@ async def _aiortc_call(transport: str) -> dict[str, Any]:
     turn_errors = _TurnErrorLog()
     try:
         try:
-            replies = await _exchange(offerer, answerer)
+            replies = await exchange(offerer, answerer)
         except TimeoutError:
             raise AssertionError(f"no data channel within the time limit (ICE {offerer.iceConnectionState} / "
                                  f"{answerer.iceConnectionState}); TURN error responses: {turn_errors.seen}") from None
@@ -62,7 +62,7 @@ async def _aiortc_call(transport: str) -> dict[str, Any]:
                           "remote": [pair.remote_candidate.type, pair.remote_candidate.host,
                                      pair.remote_candidate.port]})
         assert offerer.localDescription is not None and answerer.localDescription is not None
-        gathered = [sorted(_candidate_types(c.localDescription.sdp)) for c in (offerer, answerer)]
+        gathered = [sorted(candidate_types(c.localDescription.sdp)) for c in (offerer, answerer)]
         return {"replies": replies, "pairs": pairs, "gathered": gathered}
     finally:
         turn_errors.close()

@@ -1,4 +1,4 @@
-"""Fuzz harness for the STUN/TURN wire codec (pyturn.stun).
+"""Fuzz harness for the STUN/TURN wire codec (pyturn.wire).
 
 One input is decoded as a STUN message, as ChannelData, and fed to StreamFramers in chunks. Only StunDecodeError may
 escape a decoder; anything else is a crash. A decoded message must re-encode and decode to the same method, class,
@@ -19,15 +19,9 @@ import fuzzkit
 
 with fuzzkit.instrumented_imports(__name__ == "__main__"):
     from pyturn.errors import StunDecodeError
-    from pyturn.stun import (
-        Attr,
-        Message,
-        StreamFramer,
-        decode_channel_data,
-        decode_message,
-        encode_channel_data,
-        encode_message,
-    )
+    from pyturn.wire.codec import decode_message, encode_message
+    from pyturn.wire.framing import StreamFramer, decode_channel_data, encode_channel_data
+    from pyturn.wire.message import Attr, Message
 
 TRAILERS = frozenset((Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT))
 SMALL_FRAME_LIMIT = 256  # a framer with a low limit exercises the oversize-frame error

@@ -1,4 +1,4 @@
-"""Fuzz harness for the sans-IO TURN core (pyturn.core.TurnServerCore).
+"""Fuzz harness for the sans-IO TURN core (pyturn.core.dispatch.TurnServerCore).
 
 A FuzzedDataProvider script drives one core (fake clock, a fake adapter that answers OpenRelay at once, later or
 with a failure) through client datagrams from nine 5-tuples (three clients x UDP/TCP/TLS): authenticated
@@ -24,24 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fuzzkit
 
-sys.path.insert(0, str(fuzzkit.TESTS_DIR))
+sys.path.insert(0, str(fuzzkit.TESTS_DIR / "support"))
+sys.path.insert(0, str(fuzzkit.TESTS_DIR / "core"))
 
 with fuzzkit.instrumented_imports(__name__ == "__main__"):
     from test_core_fuzz import PASSWORD, PEERS, REALM, Driver, check_invariants
 
-    from pyturn.allocation import FiveTuple, Transport
     from pyturn.config import Config
-    from pyturn.core import OpenRelay, RelayFailure, SendFrom, SendToClient
-    from pyturn.stun import (
-        Attr,
-        Message,
-        MessageClass,
-        Method,
-        decode_channel_data,
-        decode_message,
-        encode_channel_data,
-        encode_message,
-    )
+    from pyturn.core.actions import OpenRelay, RelayFailure, SendFrom, SendToClient
+    from pyturn.core.allocation import FiveTuple, Transport
+    from pyturn.wire.codec import decode_message, encode_message
+    from pyturn.wire.framing import decode_channel_data, encode_channel_data
+    from pyturn.wire.message import Attr, Message, MessageClass, Method
 
 CLIENT_HOSTS = [("203.0.113.1", 40000), ("203.0.113.1", 40001), ("203.0.113.2", 40000)]
 SERVER = ("192.0.2.1", 3478)

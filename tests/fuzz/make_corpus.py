@@ -1,6 +1,6 @@
 """Writes the seed corpus: `python tests/fuzz/make_corpus.py` (deterministic; rerun after changing a harness's script).
 
-corpus/codec/: the RFC 5769 vectors (tests/vectors), valid Allocate/Refresh/CreatePermission/ChannelBind/Send/Data
+corpus/codec/: the RFC 5769 vectors (tests/wire/vectors), valid Allocate/Refresh/CreatePermission/ChannelBind/Send/Data
 messages and ChannelData, a classic RFC 3489 Binding, a TCP stream of several frames, and malformed messages.
 corpus/core/: fuzz_core scripts (written with fuzzkit.ScriptWriter) for the usual client life cycles.
 """
@@ -17,9 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_core
 import fuzzkit
 
-from pyturn.stun import Attr, Message, MessageClass, Method, encode_channel_data, encode_message, long_term_key
+from pyturn.wire.codec import encode_message
+from pyturn.wire.framing import encode_channel_data
+from pyturn.wire.integrity import long_term_key
+from pyturn.wire.message import Attr, Message, MessageClass, Method
 
-VECTORS = fuzzkit.TESTS_DIR / "vectors"
+VECTORS = fuzzkit.TESTS_DIR / "wire" / "vectors"
 KEY = long_term_key("u0", "reTurn", "pw")
 TID = bytes(range(1, 13))
 

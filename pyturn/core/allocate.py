@@ -1,0 +1,153 @@
+"""Allocate (RFC 8656 §7.2, RFC 6156 §4.2 for the address family): the checks, the relay port, and the request to
+the adapter to open the relay socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyturn.core.actions import (
+    Action,
+    OpenRelay,
+)
+from pyturn.core.allocation import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    Allocation,
+    FiveTuple,
+    family_of,
+)
+from pyturn.core.auth import Credentials
+from pyturn.core.ports import PortPool
+from pyturn.core.reservations import redeem
+from pyturn.errors import TurnError
+from pyturn.wire.message import Attr, Message
+
+if TYPE_CHECKING:
+    from pyturn.core.dispatch import TurnServerCore
+
+UDP_PROTOCOL = 17  # RFC 8656 §14.7 REQUESTED-TRANSPORT value for UDP
+
+
+@dataclass(slots=True)
+class PendingAllocation:
+    """An Allocate that passed every check, waiting for its relay socket (OpenRelay -> relay_opened/failed)."""
+
+    request: Message
+    five_tuple: FiveTuple
+    credentials: Credentials
+    lifetime: int
+    family: int
+    host: str
+    port: int
+    dont_fragment: bool
+    even: bool
+    reserve_next: bool
+    from_reservation: bool
+    attempts: int = 1
+
+    def release_ports(self, ports: PortPool) -> None:
+        ports.release(self.port)
+        if self.reserve_next:
+            ports.release(self.port + 1)
+
+
+def allocate(
+    core: TurnServerCore,
+    request: Message,
+    five_tuple: FiveTuple,
+    credentials: Credentials,
+    allocation: Allocation | None,
+    now: float,
+) -> list[Action]:
+    """RFC 8656 §7.2 (and RFC 6156 §4.2 for the address family)."""
+    config = core.config
+    # §7.2 step 2: a 5-tuple already allocated -> 437 (a retransmission was answered from the cache).
+    if allocation is not None:
+        raise TurnError(437, "Allocation Mismatch")
+    for waiting in core._pending.values():
+        if waiting.five_tuple == five_tuple:
+            if waiting.request.transaction_id == request.transaction_id:
+                return []  # retransmitted while the relay is being opened: the answer is on its way
+            raise TurnError(437, "Allocation Mismatch")
+    # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP.
+    transport = request.get(Attr.REQUESTED_TRANSPORT)
+    if transport is None:
+        raise TurnError(400, "Bad Request")
+    if transport != UDP_PROTOCOL:
+        raise TurnError(442, "Unsupported Transport Protocol")
+    even_port = request.get(Attr.EVEN_PORT)
+    token = request.get(Attr.RESERVATION_TOKEN)
+    family_requested = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+    # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT or REQUESTED-ADDRESS-FAMILY together with RESERVATION-TOKEN -> 400.
+    if token is not None and (even_port is not None or family_requested is not None):
+        raise TurnError(400, "Bad Request")
+    if family_requested is not None and family_requested not in (FAMILY_IPV4, FAMILY_IPV6):
+        raise TurnError(440, "Address Family not Supported")
+    # RFC 8656 §7.2 / RFC 6156 §4.2: without REQUESTED-ADDRESS-FAMILY the relay is IPv4, whichever listener
+    # the client reached (reTurn gives an IPv6 relay on its IPv6 listener).
+    family = family_requested or FAMILY_IPV4
+    # §7.2 step 6 (RFC 8656 §7.2 "486 Allocation Quota Reached").
+    user = (credentials.username, credentials.realm)
+    if config.max_allocations_per_user and core._per_user.get(user, 0) >= config.max_allocations_per_user:
+        raise TurnError(486, "Allocation Quota Reached")
+    if config.max_allocations and len(core._allocations) + len(core._pending) >= config.max_allocations:
+        # Server-wide capacity, not a user's quota: RFC 8656 §7.2 "508 Insufficient Capacity" (try elsewhere).
+        raise TurnError(508, "Insufficient Capacity")
+    lifetime = granted_lifetime(core, request)
+    reserve_next = bool(even_port)
+    if token is not None:
+        # RFC 8656 §7.2: the relay takes the reserved port, in the family of the allocation that reserved it.
+        port: int | None
+        port, family = redeem(core, token, now)
+    else:
+        port = core._ports.take(now, even=even_port is not None, with_next=reserve_next)
+    if port is None:
+        raise TurnError(508, "Insufficient Capacity")
+    pending = PendingAllocation(
+        request=request,
+        five_tuple=five_tuple,
+        credentials=credentials,
+        lifetime=lifetime,
+        family=family,
+        host=relay_host(core, family, five_tuple),
+        port=port,
+        dont_fragment=request.has(Attr.DONT_FRAGMENT),
+        even=even_port is not None,
+        reserve_next=reserve_next,
+        from_reservation=token is not None,
+    )
+    return [open_relay(core, pending)]
+
+
+def granted_lifetime(core: TurnServerCore, request: Message) -> int:
+    """reTurn's arithmetic (docs/compatibility.md "Lifetimes"): the default is also the floor, the maximum the cap."""
+    default = core.config.default_allocation_lifetime
+    maximum = core.config.max_allocation_lifetime
+    requested: int | None = request.get(Attr.LIFETIME)
+    if requested is None or requested <= default:
+        return default
+    return min(requested, maximum)
+
+
+def relay_host(core: TurnServerCore, family: int, five_tuple: FiveTuple) -> str:
+    config = core.config
+    configured = config.relay_v6_address if family == FAMILY_IPV6 else config.relay_address
+    if configured:
+        return configured
+    server_host = five_tuple.server[0]
+    if family_of(server_host) == family:
+        return server_host  # may be a wildcard: the adapter then binds the address the client reached
+    if family == FAMILY_IPV6:
+        return config.turn_v6_address if family_of(config.turn_v6_address) == FAMILY_IPV6 else "::"
+    return config.turn_address if family_of(config.turn_address) == FAMILY_IPV4 else "0.0.0.0"
+
+
+def open_relay(core: TurnServerCore, pending: PendingAllocation) -> OpenRelay:
+    core._next_token += 1
+    core._pending[core._next_token] = pending
+    return OpenRelay(
+        core._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment,
+        reserve_next=pending.reserve_next, reserved=pending.from_reservation,
+    )

@@ -1,0 +1,67 @@
+"""What the core reports happened, for hooks, logs and metrics: one shape per event.
+
+Events travel in the same list as actions; an adapter hands them to its event sink and does nothing else with
+them (docs/architecture.md "Sans-IO contract").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyturn.core.allocation import FiveTuple
+from pyturn.wire.message import Address
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationCreated:
+    five_tuple: FiveTuple
+    username: str
+    relayed: Address
+    lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRefreshed:
+    five_tuple: FiveTuple
+    lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationDeleted:
+    """An allocation that was deleted, with what its relay socket relayed over its whole life.
+
+    ``reason``: "refresh" (the client sent LIFETIME 0), "expired", "closed" (its TCP/TLS connection closed) or
+    "shutdown" (the server closed). The core leaves the byte counts at 0: it never sees the relayed bytes. The
+    asyncio adapter fills them in from the relay socket it closed (pyturn.net.runtime) before any hook sees the event.
+    """
+
+    five_tuple: FiveTuple
+    username: str
+    relayed: Address | None
+    reason: str
+    bytes_to_peer: int = 0
+    bytes_to_client: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionInstalled:
+    five_tuple: FiveTuple
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBound:
+    five_tuple: FiveTuple
+    channel: int
+    peer: Address
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    five_tuple: FiveTuple
+    code: int
+    username: str | None
+    reason: str = ""  # why (pyturn.core.stats.AUTH_FAILURE_REASONS, e.g. "expired_credentials"); never the secret
+
+
+Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed

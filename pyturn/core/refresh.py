@@ -1,0 +1,55 @@
+"""Refresh (RFC 8656 §7.3): a new lifetime, or LIFETIME 0 to delete the allocation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pyturn.core.actions import (
+    Action,
+)
+from pyturn.core.allocate import granted_lifetime
+from pyturn.core.allocation import (
+    Allocation,
+    FiveTuple,
+)
+from pyturn.core.auth import Credentials
+from pyturn.core.events import (
+    AllocationRefreshed,
+)
+from pyturn.core.permissions import check_owner
+from pyturn.core.timers import DeadlineKind
+from pyturn.core.transactions import reply, success_response
+from pyturn.errors import TurnError
+from pyturn.wire.message import Attr, Message
+
+if TYPE_CHECKING:
+    from pyturn.core.dispatch import TurnServerCore
+
+def refresh(
+    core: TurnServerCore,
+    request: Message,
+    five_tuple: FiveTuple,
+    credentials: Credentials,
+    allocation: Allocation | None,
+    now: float,
+) -> list[Action]:
+    """RFC 8656 §7.3."""
+    assert allocation is not None
+    check_owner(allocation, credentials)
+    family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+    if family is not None and family != allocation.family:
+        raise TurnError(443, "Peer Address Family Mismatch")
+    response = success_response(request)
+    if request.get(Attr.LIFETIME) == 0:
+        actions = core._delete(allocation, "refresh")
+        response.add(Attr.LIFETIME, 0)
+        return [reply(core, request, response, five_tuple, credentials.key), *actions]
+    lifetime = granted_lifetime(core, request)
+    allocation.expires = now + lifetime
+    if allocation.expires < allocation.scheduled:  # a shorter lifetime: the scheduled entry would fire late
+        allocation.scheduled = allocation.expires
+        core._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        core._deadlines.note_stale()
+    response.add(Attr.LIFETIME, lifetime)
+    return [reply(core, request, response, five_tuple, credentials.key), AllocationRefreshed(five_tuple, lifetime)]

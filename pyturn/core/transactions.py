@@ -1,0 +1,78 @@
+"""Answers: success and error responses, their encoding (SOFTWARE, FINGERPRINT, MESSAGE-INTEGRITY), the
+retransmission cache (RFC 8489 §6.3.1) and the amplification rule for unauthenticated answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pyturn.core.actions import (
+    SendToClient,
+)
+from pyturn.core.allocation import (
+    FiveTuple,
+)
+from pyturn.core.timers import DeadlineKind
+from pyturn.errors import TurnError
+from pyturn.wire.codec import encode_message
+from pyturn.wire.message import Attr, Message, MessageClass, error_response, response_for
+
+if TYPE_CHECKING:
+    from pyturn.core.dispatch import TurnServerCore
+
+# RFC 8489 §6.3.1: keep a transaction's answer for 40 s, the whole time a client may retransmit (Ti = 39.5 s).
+RESPONSE_CACHE_LIFETIME = 40.0
+RESPONSES_KEPT = 8  # per allocation: a client has only a few transactions outstanding at once
+AMPLIFICATION_LIMIT = 3  # unauthenticated answers stay within 3x the request's size (docs/security.md "Amplification")
+
+
+def success_response(request: Message) -> Message:
+    return response_for(request, MessageClass.SUCCESS)
+
+
+def unknown_attributes_response(request: Message) -> Message:
+    """RFC 8489 §6.3.1.1: 420 listing each unknown comprehension-required attribute once."""
+    response = error_response_for(request, TurnError(420, "Unknown Attribute"))
+    response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(dict.fromkeys(request.unknown_required)))
+    return response
+
+
+def error_response_for(request: Message, error: TurnError) -> Message:
+    return error_response(request, error.code, error.reason)
+
+
+def encode_response(core: TurnServerCore, request: Message, response: Message, key: bytes | None) -> bytes:
+    if response.msg_class is MessageClass.ERROR:
+        core.stats.error_response(response.method, response.get(Attr.ERROR_CODE)[0])
+    software = core._software
+    if software is not None:
+        response.add(Attr.SOFTWARE, software)
+    # RFC 8489 §14.7 / reTurn: FINGERPRINT is mirrored when the request carried one.
+    data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+    if key is None and software is not None and len(data) > AMPLIFICATION_LIMIT * len(request.raw):
+        # An unauthenticated answer may not amplify more than 3x: SOFTWARE is the first thing left out.
+        response.attributes.pop()
+        data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+    return data
+
+
+def reply(
+    core: TurnServerCore, request: Message, response: Message, five_tuple: FiveTuple, key: bytes | None
+) -> SendToClient:
+    """Encode a response; authenticated ones carry MESSAGE-INTEGRITY and are kept for retransmissions.
+
+    The cache lives on the allocation, so it goes with it: nothing is kept for unauthenticated requests, and a
+    retransmitted Refresh(LIFETIME 0) after the deletion gets 437, which RFC 8656 §7.3 tells clients to take
+    as success. Unauthenticated and allocation-less answers are recomputed, with the same result.
+    """
+    data = encode_response(core, request, response, key)
+    if key is not None:
+        allocation = core._allocations.get(five_tuple)
+        if allocation is not None:
+            responses = allocation.responses
+            if not responses:
+                core._deadlines.push(core._now + RESPONSE_CACHE_LIFETIME, DeadlineKind.RESPONSES, allocation)
+            elif len(responses) >= RESPONSES_KEPT:
+                del responses[next(iter(responses))]  # the oldest
+            responses[request.transaction_id] = (core._now + RESPONSE_CACHE_LIFETIME, data)
+    return SendToClient(five_tuple, data)

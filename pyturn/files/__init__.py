@@ -1,0 +1,1 @@
+"""The loaders that turn files into values: the configuration file, user files, shared-secret files."""

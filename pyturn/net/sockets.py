@@ -1,0 +1,117 @@
+"""Socket helpers of the adapters: binding UDP and TCP sockets, buffers, the DF bit, the local address towards a
+client, the IPv6 probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from pyturn.wire.message import Address
+
+log = logging.getLogger(__name__)
+
+
+
+DRAIN_BATCH = 64
+MAX_DATAGRAM = 65535
+SOCKET_BUFFER = 1 << 20
+RESERVED_BUFFER = 4096  # receive buffer of a held reserved port (the kernel's minimum applies)
+LISTEN_BACKLOG = 1024
+# Linux values; the socket module only names some of them on some builds.
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
+_IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+ROUTE_PROBE = {socket.AF_INET: ("192.0.2.1", 9), socket.AF_INET6: ("2001:db8::1", 9)}
+def plain_address(address: Any) -> Address:
+    """(host, port) from what the socket layer gives (IPv6 adds flowinfo and scope id)."""
+    return (address[0], address[1])
+
+
+def is_wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def local_address_towards(family: int, destination: Address) -> str:
+    """The local IP the kernel would use to reach `destination` (a connect() on UDP sends nothing)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((destination[0], destination[1] or 9))
+        host: str = probe.getsockname()[0]
+        return host
+
+
+def set_buffers(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def set_dont_fragment(sock: socket.socket, family: int) -> bool:
+    """RFC 8656 §7.2 DONT-FRAGMENT: set DF on everything the relay sends (path-MTU discovery 'do').
+
+    False when the kernel refuses: the core then answers 420, never an allocation that silently fragments."""
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+    except OSError as error:
+        log.debug("could not set DF on a relay socket: %s", error)
+        return False
+    return True
+
+
+def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # No SO_REUSEADDR: on Linux it lets two UDP sockets that both set it share a port, so a second server
+        # (or another process's relay) would bind "successfully" and steal datagrams; UDP has no TIME_WAIT.
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        set_buffers(sock)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+def has_ipv6() -> bool:
+    """Whether this host can bind IPv6 loopback at all (a kernel without IPv6, or with it disabled, cannot)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def bind_stream(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening, non-blocking TCP socket (IPv6 only on IPv6 addresses; SO_REUSEADDR for TIME_WAIT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+

@@ -1,0 +1,406 @@
+"""Shared helpers for the end-to-end tests: free ports, a pyturn subprocess, coturn's tools, a minimal TURN client.
+
+Everything talks over 127.0.0.1 / ::1 and every network wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from requirements import require, require_module
+
+from pyturn.wire.codec import decode_message, encode_message
+from pyturn.wire.integrity import long_term_key, verify_integrity
+from pyturn.wire.message import Attr, Message, MessageClass, Method
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_V6 = "::1"
+USERNAME = "alice"
+PASSWORD = "wonderland"
+REALM = "reTurn"
+SERVER_READY_TIMEOUT = 5.0
+STUN_BINDING_REQUEST = 0x0001
+
+
+# ------------------------------------------------------------------------------------------------ tools
+def require_tool(name: str) -> str:
+    """Path of an installed tool; a missing tool skips the test, except under CI where it fails."""
+    path = shutil.which(name)
+    require(path is not None, f"{name} is not installed")
+    assert path is not None
+    return path
+
+
+def python_module_available(name: str) -> None:
+    """Same policy as require_tool for a Python package (aioice)."""
+    require_module(name)
+
+
+# ------------------------------------------------------------------------------------------------ ports
+def _can_bind(family: int, kind: int, host: str, port: int) -> bool:
+    with socket.socket(family, kind) as probe:
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+LISTEN_PORTS = (30000, 32768)  # [start, stop) of the ports test servers listen on
+
+
+def free_port(*, ipv6: bool = True) -> int:
+    """A port currently free for UDP and TCP on 127.0.0.1 (and ::1 when ipv6): what a server listens on.
+
+    Chosen below Linux's ephemeral range (32768-60999), so no client socket or relay socket the kernel or a
+    server picks at random can take it between this check and the server's bind.
+    """
+    for _ in range(200):
+        port = random.randrange(*LISTEN_PORTS)
+        checks = [(socket.AF_INET, socket.SOCK_DGRAM, LOOPBACK), (socket.AF_INET, socket.SOCK_STREAM, LOOPBACK)]
+        if ipv6 and has_ipv6():
+            checks += [(socket.AF_INET6, socket.SOCK_DGRAM, LOOPBACK_V6), (socket.AF_INET6, socket.SOCK_STREAM,
+                                                                             LOOPBACK_V6)]
+        if all(_can_bind(family, kind, host, port) for family, kind, host in checks):
+            return port
+    raise RuntimeError("no free port found")
+
+
+def free_udp_port_pair() -> int:
+    """An even-free UDP port p on 127.0.0.1 with p+1 free too (turnutils_peer listens on both)."""
+    for _ in range(200):
+        port = free_port(ipv6=False)
+        if _can_bind(socket.AF_INET, socket.SOCK_DGRAM, LOOPBACK, port + 1):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+def has_ipv6() -> bool:
+    return _can_bind(socket.AF_INET6, socket.SOCK_DGRAM, LOOPBACK_V6, 0) if socket.has_ipv6 else False
+
+
+# --------------------------------------------------------------------------------------- STUN, blocking
+def binding_request(transaction_id: bytes | None = None) -> tuple[bytes, bytes]:
+    transaction_id = transaction_id or os.urandom(12)
+    return encode_message(Message(Method.BINDING, MessageClass.REQUEST, transaction_id)), transaction_id
+
+
+def udp_binding(host: str, port: int, timeout: float = 0.5) -> Message | None:
+    """One blocking Binding over UDP; the decoded success response, or None on timeout / refusal."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    request, transaction_id = binding_request()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(request, (host, port))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                data = sock.recv(2048)
+                response = decode_message(data)
+                if response.transaction_id == transaction_id:
+                    return response
+        except OSError:  # timeout, or ICMP port unreachable surfacing as ECONNREFUSED
+            return None
+    return None
+
+
+def wait_for_binding(host: str, port: int, timeout: float = SERVER_READY_TIMEOUT,
+                     process: subprocess.Popen[bytes] | None = None) -> float:
+    """Poll with Binding requests until one is answered; returns the seconds waited. Fails after timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode} before answering a Binding")
+        if udp_binding(host, port, timeout=0.1) is not None:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"no Binding answer from {host}:{port} within {timeout} s")
+
+
+# ----------------------------------------------------------------------------------- pyturn subprocess
+def write_config(directory: Path, port: int, *, users: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Any] | None = None, name: str = "reTurnServer.config") -> Path:
+    """A reTurnServer.config on loopback with a users.txt beside it (plain passwords, realm reTurn)."""
+    users = {USERNAME: PASSWORD} if users is None else users
+    users_file = directory / "users.txt"
+    if not users_file.exists():
+        users_file.write_text("".join(f"{login}:{password}:{REALM}:authorized\n" for login, password in users.items()))
+    keys: dict[str, Any] = {
+        "TurnAddress": LOOPBACK,
+        "TurnV6Address": LOOPBACK_V6 if has_ipv6() else "::1",
+        "TurnPort": port,
+        "TlsTurnPort": 0,
+        "AuthenticationRealm": REALM,
+        "UserDatabaseFile": users_file,
+        "UserDatabaseCheckInterval": 0,
+        "LoggingType": "cout",
+        "LogLevel": "INFO",
+        "AllowedPeerAddresses": "127.0.0.0/8, ::1/128",
+        # coturn 4.6's turnutils_uclient picks channel numbers up to 0x7FFF (RFC 5766); RFC 8656 stops at 0x4FFF.
+        "LegacyChannelNumbers": "true",
+    }
+    keys.update(extra or {})
+    path = directory / name
+    path.write_text("".join(f"{key} = {value}\n" for key, value in keys.items()))
+    return path
+
+
+@dataclass
+class PyturnProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    startup_seconds: float = 0.0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+
+@contextlib.contextmanager
+def pyturn_process(config: Path, port: int, *overrides: str, ready_timeout: float = SERVER_READY_TIMEOUT,
+                   cwd: Path | None = None) -> Iterator[PyturnProcess]:
+    """`python -m pyturn -c CONFIG [overrides]` until it answers a Binding on 127.0.0.1:port; stopped on exit."""
+    log_path = config.parent / f"pyturn-{port}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyturn", "-c", str(config), *overrides],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd or config.parent,
+        )
+    server = PyturnProcess(process, port, log_path)
+    try:
+        try:
+            server.startup_seconds = wait_for_binding(LOOPBACK, port, ready_timeout, process)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n--- server log ---\n{server.log()}") from None
+        yield server
+    finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+def run_pyturn_cli(*arguments: str, timeout: float = 20.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyturn", *arguments], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+# ------------------------------------------------------------------------------------------- coturn tools
+@contextlib.contextmanager
+def turnutils_peer(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """coturn's UDP echo peer on 127.0.0.1:port (and port+1), and on ::1 too when the host has IPv6."""
+    tool = require_tool("turnutils_peer")
+    listen = ["-L", LOOPBACK, *(["-L", LOOPBACK_V6] if has_ipv6() else [])]
+    process = subprocess.Popen([tool, *listen, "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT
+        while _can_bind(socket.AF_INET, socket.SOCK_DGRAM, LOOPBACK, port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"turnutils_peer did not start on {port} (exit {process.returncode})")
+            time.sleep(0.02)
+        yield process
+    finally:
+        stop_process(process)
+
+
+@dataclass(frozen=True)
+class UclientReport:
+    sent: int
+    received: int
+    lost: int
+    lost_percent: float
+    send_dropped: int
+    rtt_avg_ms: float
+    rtt_min_ms: int
+    rtt_max_ms: int
+    transmit_seconds: int
+    output: str
+
+
+_TOTALS = re.compile(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", re.M)
+_LOST = re.compile(r"Total lost packets (\d+) \(([\d.]+)%\), total send dropped (\d+)")
+_RTT = re.compile(r"Average round trip delay ([\d.]+) ms; min = (\d+) ms, max = (\d+) ms")
+_TRANSMIT = re.compile(r"Total transmit time is (\d+)")
+
+
+def parse_uclient(output: str) -> UclientReport:
+    """The final block of turnutils_uclient 4.6.1 (docs/benchmarking.md "turnutils_uclient output"); AssertionError if
+    it is missing."""
+    totals, lost, rtt, transmit = (p.findall(output) for p in (_TOTALS, _LOST, _RTT, _TRANSMIT))
+    if not (totals and lost and rtt):
+        raise AssertionError(f"turnutils_uclient printed no final report:\n{output[-4000:]}")
+    return UclientReport(
+        sent=int(totals[-1][0]), received=int(totals[-1][1]), lost=int(lost[-1][0]),
+        lost_percent=float(lost[-1][1]), send_dropped=int(lost[-1][2]), rtt_avg_ms=float(rtt[-1][0]),
+        rtt_min_ms=int(rtt[-1][1]), rtt_max_ms=int(rtt[-1][2]),
+        transmit_seconds=int(transmit[-1]) if transmit else -1, output=output,
+    )
+
+
+def run_uclient(arguments: list[str], timeout: float = 90.0) -> UclientReport:
+    tool = require_tool("turnutils_uclient")
+    try:
+        completed = subprocess.run([tool, *arguments], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        partial = (error.stdout or b"")
+        text = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+        raise AssertionError(f"turnutils_uclient {' '.join(arguments)} ran over {timeout} s:\n{text[-4000:]}") from None
+    return parse_uclient(completed.stdout + completed.stderr)
+
+
+# --------------------------------------------------------------------------- a minimal asyncio TURN client
+class TurnRequestFailed(Exception):
+    def __init__(self, response: Message) -> None:
+        self.response = response
+        self.code = int(response.get(Attr.ERROR_CODE, (0, ""))[0])
+        super().__init__(f"{response.get(Attr.ERROR_CODE)}")
+
+
+class MiniTurnClient:
+    """Just enough of a long-term-credential TURN client over UDP, built on pyturn.wire, for tests.
+
+    Requests retransmit (RFC 8489 §6.2.1, shortened) and every wait is bounded.
+    """
+
+    def __init__(self, server: tuple[str, int], username: str = USERNAME, password: str = PASSWORD) -> None:
+        self.server = server
+        self.username = username
+        self.password = password
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind((server[0], 0))
+        self.realm: str | None = None
+        self.nonce: str | None = None
+        self.key: bytes | None = None
+        self.unmatched: list[bytes] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> MiniTurnClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def receive(self, timeout: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65536), timeout)
+        return data
+
+    async def _transact(self, request: Message, authenticate: bool) -> Message:
+        loop = asyncio.get_running_loop()
+        if authenticate and self.key is not None:
+            request.attributes = [(t, v) for t, v in request.attributes
+                                  if t not in (Attr.USERNAME, Attr.REALM, Attr.NONCE)]
+            request.add(Attr.USERNAME, self.username).add(Attr.REALM, self.realm).add(Attr.NONCE, self.nonce)
+            data = encode_message(request, integrity_key=self.key, fingerprint=True)
+        else:
+            data = encode_message(request, fingerprint=True)
+        timeout = 0.25
+        for _ in range(5):
+            await loop.sock_sendto(self.sock, data, self.server)
+            deadline = loop.time() + timeout
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    packet = await self.receive(remaining)
+                except TimeoutError:
+                    break
+                if len(packet) >= 20 and packet[0] & 0xC0 == 0:
+                    response = decode_message(packet)
+                    if response.transaction_id == request.transaction_id:
+                        return response
+                self.unmatched.append(packet)
+            timeout *= 2
+        raise TimeoutError(f"no answer to method 0x{request.method:x} from {self.server}")
+
+    async def request(self, method: int, *attributes: tuple[int, Any]) -> Message:
+        """An authenticated request; on 401/438 learns realm/nonce and retries once."""
+        request = Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes))
+        response = await self._transact(request, authenticate=True)
+        if response.msg_class is MessageClass.ERROR:
+            code = int(response.get(Attr.ERROR_CODE)[0])
+            if code in (401, 438) and response.has(Attr.NONCE):
+                self.nonce = response.get(Attr.NONCE)
+                self.realm = response.get(Attr.REALM, self.realm)
+                assert self.realm is not None
+                self.key = long_term_key(self.username, self.realm, self.password)
+                retry = Message(method, MessageClass.REQUEST, os.urandom(12), list(attributes))
+                response = await self._transact(retry, authenticate=True)
+        if response.msg_class is MessageClass.ERROR:
+            raise TurnRequestFailed(response)
+        assert self.key is not None and verify_integrity(response, self.key), "success response not signed"
+        return response
+
+    async def allocate(self, *extra: tuple[int, Any], lifetime: int | None = None) -> tuple[str, int]:
+        attributes: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
+        if lifetime is not None:
+            attributes.append((Attr.LIFETIME, lifetime))
+        response = await self.request(Method.ALLOCATE, *attributes, *extra)
+        relayed: tuple[str, int] = response.get(Attr.XOR_RELAYED_ADDRESS)
+        return relayed
+
+    async def refresh(self, lifetime: int) -> int:
+        response = await self.request(Method.REFRESH, (Attr.LIFETIME, lifetime))
+        return int(response.get(Attr.LIFETIME))
+
+    async def create_permission(self, peer: tuple[str, int]) -> None:
+        await self.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, peer))
+
+    async def send_indication(self, peer: tuple[str, int], payload: bytes) -> None:
+        message = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12),
+                          [(Attr.XOR_PEER_ADDRESS, peer), (Attr.DATA, payload)])
+        await asyncio.get_running_loop().sock_sendto(self.sock, encode_message(message), self.server)
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ------------------------------------------------------------------------------------------ UDP echo peer
+class EchoProtocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.seen: list[tuple[bytes, tuple[str, int]]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # selector transports skip the ABC
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.seen.append((data, addr))
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+
+async def start_echo_peer(host: str = LOOPBACK) -> tuple[asyncio.DatagramTransport, EchoProtocol]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(EchoProtocol, local_addr=(host, 0))
+    return transport, protocol
