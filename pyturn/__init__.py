@@ -12,6 +12,7 @@ __all__ = [
     "AllocationCreated",
     "AllocationDeleted",
     "AllocationEnded",
+    "AllocationRedirected",
     "AllocationRefreshed",
     "AuthFailed",
     "ChannelBound",
@@ -69,6 +70,7 @@ from pyturn.core.dispatch import TurnServerCore
 from pyturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
+    AllocationRedirected,
     AllocationRefreshed,
     AuthFailed,
     ChannelBound,

@@ -102,6 +102,12 @@ class Config:
     auth_shared_secret: tuple[str, ...] = ()
     auth_shared_secret_file: str = ""
     auth_shared_secret_separator: str = ":"
+    # many instances (docs/scaling.md): redirection, drain, a nonce secret shared among instances
+    alternate_servers: tuple[tuple[str, int], ...] = ()  # (IP, port) pairs, in the operator's order
+    alternate_domain: str = ""  # ALTERNATE-DOMAIN for TLS clients; empty = none (the original name is checked)
+    max_relayed_bitrate: int = 0  # bits/s relayed by the whole instance before new Allocates go elsewhere; 0 = off
+    drain_timeout: int = 3600  # seconds a drain waits for the last allocation before the process exits
+    nonce_secret_file: str = ""  # a secret shared by instances that accept each other's nonces
 
     @property
     def uses_shared_secrets(self) -> bool:
@@ -155,6 +161,7 @@ class Kind(enum.Enum):
     OPTIONAL_IPV6 = "IPv6 address or empty"
     NETWORKS = "comma-separated CIDR networks"
     SECRETS = "comma-separated secrets"
+    ENDPOINTS = "comma-separated IP:port (IPv6 in brackets)"
     LOG_LEVEL = "log level"
     LOGGING_TYPE = "logging type"
     SYSLOG_FACILITY = "syslog facility"
@@ -285,6 +292,19 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
           "file of shared secrets, one a line; re-read on SIGHUP and when it changes"),
     _spec("AuthSharedSecretSeparator", "auth_shared_secret_separator", Kind.STRING,
           "between EXPIRY and the name in a REST username", empty_means_default=True),
+    _spec("AlternateServers", "alternate_servers", Kind.ENDPOINTS,
+          "other instances (IP:port, IPv6 in brackets) named in 300 Try Alternate when this one is full or "
+          "draining; the first of the client's family is used"),
+    _spec("AlternateDomain", "alternate_domain", Kind.STRING,
+          "ALTERNATE-DOMAIN sent to TLS clients with a redirect (the name the alternates' certificates carry); "
+          "empty = none, the client checks the original server's name"),
+    _spec("MaxRelayedBitrate", "max_relayed_bitrate", Kind.COUNT,
+          "bits per second relayed by this instance beyond which new allocations are redirected; 0 = no limit"),
+    _spec("DrainTimeout", "drain_timeout", Kind.COUNT,
+          "seconds a drain (SIGUSR1, pyturn drain) waits for the last allocation before exiting", minimum=1),
+    _spec("NonceSecretFile", "nonce_secret_file", Kind.PATH,
+          "file holding the nonce secret shared by instances that accept each other's nonces; "
+          "empty = a random secret per process"),
 ]))
 
 
@@ -295,8 +315,14 @@ def format_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ", ".join(str(item) for item in value)
+        return ", ".join(format_endpoint(item) if isinstance(item, tuple) else str(item) for item in value)
     return str(value)
+
+
+def format_endpoint(endpoint: tuple[str, int]) -> str:
+    """(IP, port) as AlternateServers spells it: IPv6 in brackets."""
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +378,8 @@ class Converter:
             return self._networks(spec, entry, text)
         if kind is Kind.SECRETS:
             return tuple(item.strip() for item in text.split(",") if item.strip())
+        if kind is Kind.ENDPOINTS:
+            return self._endpoints(spec, entry, text)
         return self._logging_word(spec, entry, text)
 
     def _reTurn_integer(self, spec: KeySpec, entry: Setting, text: str) -> int:
@@ -411,6 +439,33 @@ class Converter:
                 message = f"{spec.name}: {item!r} is not a network in CIDR form ({exc})"
                 raise self.fail(entry, message) from exc
         return tuple(networks)
+
+    def _endpoints(self, spec: KeySpec, entry: Setting, text: str) -> tuple[tuple[str, int], ...]:
+        """`198.51.100.20:3478, [2001:db8::20]:3478`: IP literals only, ALTERNATE-SERVER carries an address."""
+        if not text:
+            return ()
+        endpoints = []
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                raise self.fail(entry, f"{spec.name}: empty entry in the list")
+            match = re.fullmatch(r"\[([^\]]+)\]:([0-9]+)|([^:\[\]]+):([0-9]+)", item)
+            if match is None:
+                raise self.fail(entry, f"{spec.name}: {item!r} is not IP:port (write IPv6 as [address]:port)")
+            host = match.group(1) or match.group(3)
+            port = int(match.group(2) or match.group(4))
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                raise self.fail(entry, f"{spec.name}: {host!r} in {item!r} is not an IP address "
+                                       "(ALTERNATE-SERVER carries an address, not a name)") from None
+            if (address.version == 6) != bool(match.group(1)):
+                raise self.fail(entry, f"{spec.name}: {item!r}: an IPv6 address goes in brackets, IPv4 does not")
+            if not 1 <= port <= 0xFFFF:
+                raise self.fail(entry, f"{spec.name}: port {port} in {item!r} is out of range 1..65535")
+            if address.is_unspecified:
+                raise self.fail(entry, f"{spec.name}: {item!r} is a wildcard, not an instance's address")
+            endpoints.append((str(address), port))
+        return tuple(endpoints)
 
     def _logging_word(self, spec: KeySpec, entry: Setting, text: str) -> str:
         if spec.kind is Kind.LOG_LEVEL:

@@ -25,12 +25,14 @@ from pyturn.config import Config
 from pyturn.core.allocation import Transport
 from pyturn.core.auth import EXPIRED, UserLookup
 from pyturn.core.dispatch import TurnServerCore
-from pyturn.core.events import AllocationDeleted, AuthFailed, Event
+from pyturn.core.events import AllocationDeleted, AllocationRedirected, AuthFailed, Event
 from pyturn.core.impairment import ActiveImpairment, Impairment
+from pyturn.core.redirect import own_addresses
 from pyturn.core.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets
 from pyturn.core.stats import ReloadStats
 from pyturn.core.userdb import UserDB
 from pyturn.errors import PyturnError, UserDBError
+from pyturn.files.noncesecret import NonceSecretError, load_nonce_secret
 from pyturn.files.secretfile import load_secret_file
 from pyturn.files.userfile import load_user_file
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
@@ -91,6 +93,38 @@ class _ExpiredCredentialsLog:
         log.warning("expired credentials: username %r from %s:%d refused (%d since the last such line)",
                     event.username, client[0], client[1], self._unlogged)
         self._unlogged = 0
+        self._logged_at = now
+
+
+class _RedirectLog:
+    """Logs Allocates sent elsewhere (300) or refused for capacity (508): the first at once, then one line per
+    interval with the counts, so a full or draining instance under load does not flood the log."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._redirected = 0
+        self._refused = 0
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, AllocationRedirected):
+            return
+        if event.alternate is None:
+            self._refused += 1
+        else:
+            self._redirected += 1
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < EXPIRED_LOG_INTERVAL:
+            return
+        client = event.five_tuple.client
+        if event.alternate is None:
+            outcome = "refused with 508"
+        else:
+            outcome = f"redirected to {_uri_host(event.alternate[0])}:{event.alternate[1]}"
+        log.info("allocation for %s:%d/%s %s (%s); since the last such line: %d redirected, %d refused",
+                 client[0], client[1], event.five_tuple.transport.value, outcome, event.reason,
+                 self._redirected, self._refused)
+        self._redirected = self._refused = 0
         self._logged_at = now
 
 
@@ -232,6 +266,7 @@ class Server:
         self._user_db: UserDB | None = None
         self._user_file_mtime: float | None = None  # set by the first load, before the watcher compares with it
         self._event_log.listeners.append(_ExpiredCredentialsLog(time.monotonic))
+        self._event_log.listeners.append(_RedirectLog(time.monotonic))
         given: list[str | bytes] = (
             [] if shared_secret is None
             else [shared_secret] if isinstance(shared_secret, str | bytes) else list(shared_secret)
@@ -251,7 +286,11 @@ class Server:
         self.reload_stats = ReloadStats()
         self._lookup = self._combined_lookup()
         self.reload_stats.last_success = time.time()
-        self.draining = False  # set while the server drains before a stop: /readyz then answers 503
+        self._draining = False
+        self._nonce_secrets: list[bytes] = []
+        if self.config.nonce_secret_file:
+            self._nonce_secrets = load_nonce_secret(self.config.nonce_secret_file)  # NonceSecretError: fatal
+        self._relayed_octets = 0  # MaxRelayedBitrate: relayed payload bytes at the last tick
         self.metrics: MetricsEndpoint | None = None
         self._metrics_answerers: list[SampleAnswerer] = []
         self.core: TurnServerCore | None = None
@@ -390,7 +429,9 @@ class Server:
         self._started = True
         loop = asyncio.get_running_loop()
         self._shared_secrets.unix_offset = time.time() - loop.time()
-        self.core = TurnServerCore(self.config, users=self._lookup, secret=self._secret)
+        self.core = TurnServerCore(self.config, users=self._lookup, secret=self._secret,
+                                   nonce_secrets=self._nonce_secrets)
+        self.core.draining = self._draining
         self._runtime = Runtime(self.core, loop, self._event_log)
         self._runtime.share_reserved_ports = self._reuse_port  # workers: tokens are redeemed across processes
         try:
@@ -443,6 +484,52 @@ class Server:
         return self._runtime
 
     @property
+    def draining(self) -> bool:
+        """True while the server drains (docs/scaling.md): new Allocates are redirected or refused with 508,
+        existing allocations keep relaying and refreshing, /readyz answers 503."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        if value and not self._draining:
+            log.warning("draining: new allocations go to AlternateServers (or get 508), %d allocations stay",
+                        self.allocation_count())
+        self._draining = value
+        if self.core is not None:
+            self.core.draining = value
+
+    def drain(self) -> None:
+        """Start draining (SIGUSR1, `pyturn drain`); wait_drained() tells when the last allocation has ended."""
+        self.draining = True
+
+    async def wait_drained(self, timeout: float, poll: float = 0.5) -> bool:
+        """Wait until no allocation is left (True) or `timeout` seconds have passed (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.allocation_count():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(poll, remaining))
+        return True
+
+    def reload_nonce_secret(self) -> bool:
+        """Re-read NonceSecretFile (SIGHUP); a file that cannot be used keeps the secret in force."""
+        path = self.config.nonce_secret_file
+        if not path:
+            return False
+        try:
+            secrets = load_nonce_secret(path)
+        except NonceSecretError as error:
+            log.error("nonce secret not reloaded, the secret in force stays: %s", error)
+            return False
+        self._nonce_secrets = secrets
+        if self.core is not None:
+            self.core.set_nonce_secrets(secrets)
+        log.info("loaded %d nonce secrets from %s", len(secrets), path)
+        return True
+
+    @property
     def ready(self) -> bool:
         """Listeners bound, users loaded, not draining (what /readyz answers)."""
         users_loaded = self._user_db is None or len(self._user_db) > 0  # a lookup callable counts as loaded
@@ -465,6 +552,12 @@ class Server:
         ports = {port for addresses in self.addresses.values() for _host, port in addresses}
         ports.update(port for port in (config.turn_port, config.tls_turn_port, config.alt_stun_port) if port)
         self.core.set_server_addresses(own.relay, own.host, relay_ports=self._relay_ports, listener_ports=ports)
+        # Where clients reach this instance: never an ALTERNATE-SERVER target (pyturn.core.redirect).
+        bound = [address for addresses in self.addresses.values() for address in addresses]
+        external = [ip for ip in (config.external_address, config.external_v6_address) if ip]
+        reachable = own_addresses(bound, [*own.relay, *own.host])
+        reachable.update((ip, port) for ip in external for port in ports)
+        self.core.set_own_addresses(reachable)
 
     async def _open_listeners(self) -> None:
         config = self.config
@@ -573,9 +666,26 @@ class Server:
                 now = runtime.now()
                 # REST usernames carry a Unix time; the core's clock is the loop's. Follow wall-clock steps.
                 self._shared_secrets.unix_offset = time.time() - now
+                self._measure_bitrate(TICK_INTERVAL)
                 runtime.dispatch(core.tick(now))
             except Exception:
                 log.exception("timer tick failed")
+
+    def _measure_bitrate(self, interval: float) -> None:
+        """MaxRelayedBitrate: the relayed payload rate over the last tick decides whether Allocates go elsewhere."""
+        limit = self.config.max_relayed_bitrate
+        if not limit or self._runtime is None or self.core is None:
+            return
+        runtime = self._runtime
+        octets = sum(counter.octets for counter in runtime.relayed_to_peer.values())
+        octets += sum(counter.octets for counter in runtime.relayed_to_client.values())
+        rate = (octets - self._relayed_octets) * 8 / interval
+        self._relayed_octets = octets
+        over = rate > limit
+        if over != self.core.over_bitrate:
+            log.warning("relayed %.0f bit/s: new allocations %s (MaxRelayedBitrate %d)", rate,
+                        "redirected" if over else "accepted again", limit)
+        self.core.over_bitrate = over
 
     async def _watch_user_file(self) -> None:
         """UserDatabaseCheckInterval: reload when the user file's or the secret file's mtime changed."""

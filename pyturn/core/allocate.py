@@ -20,6 +20,7 @@ from pyturn.core.allocation import (
 )
 from pyturn.core.auth import Credentials
 from pyturn.core.ports import PortPool
+from pyturn.core.redirect import Capacity, capacity_reason, redirect
 from pyturn.core.reservations import redeem
 from pyturn.errors import TurnError
 from pyturn.wire.message import Attr, Message
@@ -92,9 +93,9 @@ def allocate(
     user = (credentials.username, credentials.realm)
     if config.max_allocations_per_user and core._per_user.get(user, 0) >= config.max_allocations_per_user:
         raise TurnError(486, "Allocation Quota Reached")
-    if config.max_allocations and len(core._allocations) + len(core._pending) >= config.max_allocations:
-        # Server-wide capacity, not a user's quota: RFC 8656 §7.2 "508 Insufficient Capacity" (try elsewhere).
-        raise TurnError(508, "Insufficient Capacity")
+    full = capacity_reason(core)
+    if full is not None:  # draining, MaxAllocations, MaxRelayedBitrate: 300 to another instance, or 508
+        return redirect(core, request, five_tuple, credentials, full, now)
     lifetime = granted_lifetime(core, request)
     reserve_next = bool(even_port)
     if token is not None:
@@ -103,6 +104,8 @@ def allocate(
         port, family = redeem(core, token, now)
     else:
         port = core._ports.take(now, even=even_port is not None, with_next=reserve_next)
+        if port is None:
+            return redirect(core, request, five_tuple, credentials, Capacity.PORTS_EXHAUSTED, now)
     if port is None:
         raise TurnError(508, "Insufficient Capacity")
     pending = PendingAllocation(

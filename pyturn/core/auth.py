@@ -6,9 +6,10 @@ Pure: the secret and the current time are passed in. Nothing is stored per unaut
 from __future__ import annotations
 
 import base64
+import enum
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Protocol, cast, runtime_checkable
@@ -57,45 +58,76 @@ _TIMESTAMP = struct.Struct("!I")
 _MAC_BYTES = 6  # 48 bits: a nonce only saves a round trip, MESSAGE-INTEGRITY is what authenticates
 
 
+class NonceState(enum.Enum):
+    """What a fresh nonce says besides its age (NonceSigner.check)."""
+
+    FRESH = "fresh"
+    REDIRECTED = "redirected"  # issued with a 300 redirect: the client came from a peer instance (pyturn.core.redirect)
+
+
+_REDIRECTED_DOMAIN = b"redirected"  # MAC domain of the nonces sent with a 300: same size, unforgeable flag
+
+
 class NonceSigner:
     """Issues and checks stateless nonces: base64(timestamp || truncated HMAC(secret, timestamp)).
 
-    16 characters on the wire keeps 401/438 answers small (amplification, docs/security.md "Amplification"). Nonces are
-    not
-    bound to the client's address or port (a NAT rebinding must not turn into a hard failure).
+    16 characters on the wire keeps 401/438 answers small (amplification, docs/security.md "Amplification").
+    Nonces are not bound to the client's address or port (a NAT rebinding must not turn into a hard failure).
+
+    Several secrets: the first signs, every one is accepted (NonceSecretFile rotation, pyturn.files.noncesecret).
+    A nonce sent with a 300 redirect is MACed in another domain, so the instance the client is sent to can tell,
+    without any state, that it was redirected (the loop guard of pyturn.core.redirect).
     """
 
-    __slots__ = ("_lifetime", "_secret")
+    __slots__ = ("_lifetime", "_secrets")
 
-    def __init__(self, secret: bytes, lifetime: float) -> None:
-        self._secret = secret
+    def __init__(self, secret: bytes | Sequence[bytes], lifetime: float) -> None:
+        self._secrets: tuple[bytes, ...] = (secret,) if isinstance(secret, bytes) else tuple(secret)
+        if not self._secrets:
+            raise ValueError("a NonceSigner needs at least one secret")
         self._lifetime = lifetime
 
-    def _mac(self, stamp: bytes) -> bytes:
-        return hmac.new(self._secret, stamp, sha256).digest()[:_MAC_BYTES]
+    def set_secrets(self, secrets: Sequence[bytes]) -> None:
+        """Swap the secrets (NonceSecretFile reloaded); nonces signed by a dropped secret become stale (438)."""
+        if secrets:
+            self._secrets = tuple(secrets)
 
-    def issue(self, now: float) -> str:
+    @staticmethod
+    def _mac(secret: bytes, stamp: bytes) -> bytes:
+        return hmac.new(secret, stamp, sha256).digest()[:_MAC_BYTES]
+
+    def issue(self, now: float, *, redirected: bool = False) -> str:
         stamp = _TIMESTAMP.pack(int(now) & 0xFFFFFFFF)
-        return base64.urlsafe_b64encode(stamp + self._mac(stamp)).decode("ascii")
+        signed = _REDIRECTED_DOMAIN + stamp if redirected else stamp
+        return base64.urlsafe_b64encode(stamp + self._mac(self._secrets[0], signed)).decode("ascii")
 
-    def is_fresh(self, nonce: str, now: float) -> bool:
-        """True for a nonce this signer issued less than `lifetime` seconds ago.
+    def check(self, nonce: str, now: float) -> NonceState | None:
+        """The state of a nonce one of the secrets signed less than `lifetime` seconds ago, else None.
 
-        A nonce from another process, a forged one, or an expired one is not fresh: all three are answered
-        with 438 and a new nonce (RFC 8489 §9.2.4), so a client recovers after a server restart.
+        A nonce from another process (without a shared NonceSecretFile), a forged one, or an expired one is not
+        fresh: all three are answered with 438 and a new nonce (RFC 8489 §9.2.4), so a client recovers after a
+        server restart.
         """
         try:
             raw = base64.b64decode(nonce.encode("ascii", "strict"), altchars=b"-_", validate=True)
         except (ValueError, UnicodeEncodeError):
-            return False
+            return None
         if len(raw) != _TIMESTAMP.size + _MAC_BYTES:
-            return False
+            return None
         stamp, mac = raw[: _TIMESTAMP.size], raw[_TIMESTAMP.size :]
-        if not hmac.compare_digest(mac, self._mac(stamp)):
-            return False
         issued: int = _TIMESTAMP.unpack(stamp)[0]
-        age = (int(now) - issued) & 0xFFFFFFFF
-        return age <= self._lifetime
+        if (int(now) - issued) & 0xFFFFFFFF > self._lifetime:
+            return None
+        for secret in self._secrets:
+            if hmac.compare_digest(mac, self._mac(secret, stamp)):
+                return NonceState.FRESH
+            if hmac.compare_digest(mac, self._mac(secret, _REDIRECTED_DOMAIN + stamp)):
+                return NonceState.REDIRECTED
+        return None
+
+    def is_fresh(self, nonce: str, now: float) -> bool:
+        """True for a nonce one of the secrets signed less than `lifetime` seconds ago (see check())."""
+        return self.check(nonce, now) is not None
 
 
 @dataclass(frozen=True, slots=True)

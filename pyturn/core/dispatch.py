@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pyturn.config import Config
@@ -47,6 +47,7 @@ from pyturn.core.permissions import channel_bind, create_permission
 from pyturn.core.policy import PeerPolicy, Verdict
 from pyturn.core.ports import PortPool
 from pyturn.core.ratelimit import SourceLimiter
+from pyturn.core.redirect import Alternates, Capacity, redirect
 from pyturn.core.refresh import refresh
 from pyturn.core.reservations import Reservation, release_reservation, reserve
 from pyturn.core.routes import RouteTable
@@ -97,11 +98,17 @@ class TurnServerCore:
         policy: PeerPolicy | None = None,
         rng: random.Random | None = None,
         randbytes: Callable[[int], bytes] = secrets.token_bytes,
+        nonce_secrets: Sequence[bytes] = (),
     ) -> None:
         self.config = config
         self._users = users
         self._secret = secret if secret is not None else randbytes(32)
-        self._nonces = NonceSigner(self._secret, config.nonce_lifetime)
+        # NonceSecretFile (pyturn.files.noncesecret): instances sharing it accept each other's nonces.
+        self._nonces = NonceSigner(nonce_secrets or self._secret, config.nonce_lifetime)
+        # Set by the adapter (docs/scaling.md): while either is true new Allocates are redirected or refused.
+        self.draining = False
+        self.over_bitrate = False
+        self.alternates = Alternates(config.alternate_servers, config.alternate_domain, config.tls_turn_port)
         self.policy = policy if policy is not None else PeerPolicy(
             denied=config.denied_peer_addresses,
             allowed=config.allowed_peer_addresses,
@@ -148,6 +155,14 @@ class TurnServerCore:
         self.policy = self.policy.with_server_addresses(
             relay, host, relay_ports=relay_ports, listener_ports=listener_ports
         )
+
+    def set_nonce_secrets(self, secrets: Sequence[bytes]) -> None:
+        """NonceSecretFile reloaded: the first secret signs new nonces, all are accepted."""
+        self._nonces.set_secrets(secrets)
+
+    def set_own_addresses(self, own: Iterable[Address]) -> None:
+        """Every (IP, port) clients reach this instance at: AlternateServers entries among them are skipped."""
+        self.alternates = self.alternates.with_own(own)
 
     def set_alternate(self, primary: Address, other: Address) -> None:
         """The bound (TurnAddress, TurnPort) and (AltStunAddress, AltStunPort) pair of RFC 5780 mode."""
@@ -287,6 +302,9 @@ class TurnServerCore:
                     pending.port = port
                     pending.attempts += 1
                     return [open_relay(self, pending)]
+            if not pending.from_reservation and self.alternates.servers:  # another instance may have ports left
+                return redirect(self, pending.request, pending.five_tuple, pending.credentials,
+                                Capacity.PORTS_EXHAUSTED, now)
             error = TurnError(508, "Insufficient Capacity")
         else:
             pending.release_ports(self._ports)
@@ -401,9 +419,10 @@ class TurnServerCore:
         return actions
 
     def expire_nonces(self) -> None:
-        """Sign nonces with a new key: every nonce issued so far is stale, so the next authenticated request of
-        each client gets 438 and a new nonce (RFC 8489 §9.2.4). Reservation tokens keep their key."""
-        self._nonces = NonceSigner(self._randbytes(32), self.config.nonce_lifetime)
+        """Sign and check nonces with a new key only: every nonce issued so far is stale, so the next
+        authenticated request of each client gets 438 and a new nonce (RFC 8489 §9.2.4). Reservation tokens keep
+        their key; reloading a NonceSecretFile brings its secrets back."""
+        self._nonces.set_secrets([self._randbytes(32)])
 
     def _injected_failure(
         self, request: Message, five_tuple: FiveTuple, credentials: Credentials, code: int

@@ -64,4 +64,15 @@ class AuthFailed:
     reason: str = ""  # why (pyturn.core.stats.AUTH_FAILURE_REASONS, e.g. "expired_credentials"); never the secret
 
 
-Event = AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
+@dataclass(frozen=True, slots=True)
+class AllocationRedirected:
+    """An Allocate this instance did not take (pyturn.core.redirect): answered 300 naming `alternate`, or 508 when
+    `alternate` is None; `reason` is a pyturn.core.redirect.Capacity value."""
+
+    five_tuple: FiveTuple
+    alternate: Address | None
+    reason: str
+
+
+Event = (AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
+         | AllocationRedirected)

@@ -33,6 +33,7 @@ from pyturn.config import (
     Setting,
 )
 from pyturn.errors import ConfigError
+from pyturn.files.noncesecret import NonceSecretError, load_nonce_secret
 
 
 def _name_end(line: str) -> int:
@@ -99,7 +100,7 @@ def _yaml_value_text(name: str, node: yaml.Node, path: str, line: int) -> str:
     """The value as the text a .config line would carry, so both formats share one validation."""
     spec = KEYS.get(name.lower())
     if isinstance(node, yaml.SequenceNode):
-        if spec is None or spec.kind not in (Kind.NETWORKS, Kind.SECRETS):
+        if spec is None or spec.kind not in (Kind.NETWORKS, Kind.SECRETS, Kind.ENDPOINTS):
             raise ConfigError(f"{name}: a list is only allowed for the peer address keys", path, line)
         items = [_yaml_value_text(name, item, path, item.start_mark.line + 1) for item in node.value]
         return ", ".join(items)
@@ -268,6 +269,14 @@ def _validate(values: dict[str, Any], applied_from: dict[str, Setting], config_p
         raise ConfigError(f"UserDatabaseFile: cannot read {user_file!r}", *where("user_database_file"))
     if secret_file and (not os.path.isfile(secret_file) or not os.access(secret_file, os.R_OK)):
         raise ConfigError(f"AuthSharedSecretFile: cannot read {secret_file!r}", *where("auth_shared_secret_file"))
+    nonce_file = values["nonce_secret_file"]
+    if nonce_file:
+        try:
+            load_nonce_secret(nonce_file)
+        except NonceSecretError as error:
+            if error.line is None:
+                raise ConfigError(f"NonceSecretFile: {error.message}", *where("nonce_secret_file")) from None
+            raise ConfigError(f"NonceSecretFile: {error.message}", nonce_file, error.line) from None
     if any(char in values["auth_shared_secret_separator"] for char in "0123456789"):
         raise ConfigError("AuthSharedSecretSeparator: a digit cannot end the EXPIRY",
                           *where("auth_shared_secret_separator"))

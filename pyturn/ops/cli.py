@@ -34,6 +34,7 @@ from pyturn.ops.daemon import (
     drop_privileges,
     notify_ready,
     notify_reloading,
+    notify_status,
     notify_stopping,
 )
 from pyturn.ops.logsetup import NOTICE, configure_logging, log_file_descriptors, reopen_log_files
@@ -50,6 +51,7 @@ USAGE = f"""usage: pyturn [-c] [CONFIG] [--Key=Value ...] [--check-config] [--ve
        pyturn users add|passwd|delete|list FILE [USER] [--realm REALM] [--password-stdin]
        pyturn credentials [-c CONFIG] [--secret-file FILE] [--user NAME] [--ttl SECONDS] [--json]
        pyturn dns-records -c CONFIG --domain DOMAIN [--host NAME]
+       pyturn drain [-c CONFIG] [--wait]   (SIGUSR1 to the running instance: drain, then exit 0)
 
 pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configuration.
 
@@ -61,7 +63,7 @@ pyturn {__version__}: a STUN/TURN server that reads reSIProcate reTurn's configu
   --version          print the version and exit
   -h, --help         this text
 
-  status, users, credentials, dns-records: subcommands, see `pyturn COMMAND --help`
+  status, users, credentials, dns-records, drain: subcommands, see `pyturn COMMAND --help`
                      (a config file with one of these names: write ./users or -c users)
 
 exit codes: 0 clean stop, 64 usage error, 78 configuration error, 71 start-up failure,
@@ -279,6 +281,8 @@ async def _serve(
     if identity is not None:
         log.info("running as user %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid)
     loop.add_signal_handler(signal.SIGHUP, _on_hangup, server)
+    drains: list[asyncio.Task[None]] = []
+    loop.add_signal_handler(signal.SIGUSR1, _on_drain, server, stop, drains)
     serving = ", ".join(
         f"{kind} {host}:{port}" for kind, addresses in server.addresses.items() for host, port in addresses
     )
@@ -291,8 +295,33 @@ async def _serve(
     finally:
         notify_stopping()
         log.info("stopping")
+        for task in drains:
+            task.cancel()
         await server.close()
     return EXIT_OK
+
+
+def _on_drain(server: object, stop: asyncio.Event, drains: list[asyncio.Task[None]]) -> None:
+    """SIGUSR1 (`pyturn drain`): stop taking allocations, exit 0 once the last one ends or after DrainTimeout.
+    SIGTERM meanwhile still stops at once."""
+    from pyturn.server import Server
+
+    assert isinstance(server, Server)
+    if server.draining:
+        return
+    server.drain()
+    timeout = server.config.drain_timeout
+    notify_status(f"draining: {server.allocation_count()} allocations left, at most {timeout} s")
+
+    async def drain_then_stop() -> None:
+        if await server.wait_drained(float(timeout)):
+            log.log(NOTICE, "drained: the last allocation has ended")
+        else:
+            log.warning("DrainTimeout (%d s) reached with %d allocations left: stopping", timeout,
+                        server.allocation_count())
+        stop.set()
+
+    drains.append(asyncio.get_running_loop().create_task(drain_then_stop()))
 
 
 def _on_hangup(server: object) -> None:
@@ -305,6 +334,7 @@ def _on_hangup(server: object) -> None:
     server.refresh_addresses()
     server.reload_users()
     server.reload_tls()
+    server.reload_nonce_secret()
     notify_ready()
 
 

@@ -353,3 +353,8 @@ def notify_reloading() -> None:
 
 def notify_stopping() -> None:
     sd_notify("STOPPING=1")
+
+
+def notify_status(status: str) -> None:
+    """A free-form line `systemctl status` shows (e.g. how a drain is going)."""
+    sd_notify(f"STATUS={status}")

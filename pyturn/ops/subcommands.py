@@ -1,4 +1,4 @@
-"""`pyturn users|credentials|dns-records ...`: the operator's helper commands, beside the server itself.
+"""`pyturn users|credentials|dns-records|drain ...`: the operator's helper commands, beside the server itself.
 
 Exit codes (README "Command line"): 0 done; 1 refused (the user exists / does not exist, passwords differ);
 64 usage error; 66 an input file cannot be read; 73 the user file cannot be written; 78 configuration error.
@@ -15,7 +15,7 @@ EXIT_REFUSED = 1
 EXIT_NO_INPUT = 66  # sysexits.h EX_NOINPUT
 EXIT_CANT_CREATE = 73  # sysexits.h EX_CANTCREAT
 
-COMMANDS = ("users", "credentials", "dns-records")
+COMMANDS = ("users", "credentials", "dns-records", "drain")
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -27,12 +27,13 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def run_subcommand(name: str, argv: Sequence[str]) -> int:
-    from pyturn.ops import credentials_command, dns_records, users_command
+    from pyturn.ops import credentials_command, dns_records, drain_command, users_command
 
     commands: dict[str, Callable[[Sequence[str]], int]] = {
         "users": users_command.main,
         "credentials": credentials_command.main,
         "dns-records": dns_records.main,
+        "drain": drain_command.main,
     }
     try:
         return commands[name](argv)

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 15.0  # seconds for every worker to bind and report
 STOP_TIMEOUT = 2.0  # SIGTERM to SIGKILL for workers that do not leave
 RESTART_DELAY = 1.0  # a worker that dies within this long of its start is restarted after this pause
-_MASTER_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+_MASTER_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1}
 
 
 # (worker config, nonce secret, start-up report, listening sockets, the whole relay port range) -> exit code
@@ -153,11 +153,16 @@ class WorkerPool:
         slices = port_slices(low, high, worker_count(config))
         self.workers: list[_Worker] = []
         self.stopping = False
+        self.draining = False  # SIGUSR1 (docs/scaling.md): workers drain and exit; none is restarted
         # MetricsPort: worker 0 serves the sum over all workers (pyturn.net.metrics_workers).
         metrics_sockets = worker_metrics_sockets(config, len(slices))
         try:
             for index, (lo, hi) in enumerate(slices):
-                worker_config = config.replace(allocation_port_range_min=lo, allocation_port_range_max=hi)
+                worker_config = config.replace(
+                    allocation_port_range_min=lo, allocation_port_range_max=hi,
+                    # MaxRelayedBitrate is the instance's: each worker measures its own share (docs/scaling.md).
+                    max_relayed_bitrate=-(-config.max_relayed_bitrate // len(slices)),
+                )
                 self.workers.append(_Worker(index, worker_config, bind_listeners(config) + metrics_sockets[index]))
         except BaseException:
             self.close_sockets()
@@ -234,6 +239,15 @@ class WorkerPool:
                 continue
             if info.si_signo == signal.SIGCHLD:
                 self._reap_and_restart()
+                if self.draining and not any(worker.pid for worker in self.workers):
+                    log.info("drained: every worker has exited")
+                    notify_stopping()
+                    return EXIT_OK
+            elif info.si_signo == signal.SIGUSR1:
+                if not self.draining:
+                    self.draining = True
+                    log.warning("SIGUSR1: draining %d workers", len(self.workers))
+                    self._forward(signal.SIGUSR1)
             elif info.si_signo == signal.SIGHUP:
                 notify_reloading()
                 from pyturn.ops.logsetup import reopen_log_files
@@ -266,7 +280,7 @@ class WorkerPool:
             if worker is None:
                 continue
             worker.pid = 0
-            if self.stopping:
+            if self.stopping or self.draining:
                 continue
             log.error("worker %d (pid %d) died with status %d; restarting it", worker.index, pid,
                       os.waitstatus_to_exitcode(status))

@@ -14,7 +14,7 @@ from interop import PASSWORD, USERNAME, python_module_available, start_echo_peer
 
 import pyturn
 from pyturn import AllocationDeleted, AllocationRefreshed
-from pyturn.net.transport import RelayEndpoint
+from pyturn.net.relay import RelayEndpoint
 
 WAIT = 10.0
 LIFETIME = 3  # seconds: aioice refreshes after 5/6 of it, 2.5 s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -111,8 +112,11 @@ def test_interop_demo_config_answers_binding_within_one_second(tmp_path: Path) -
 
 def test_interop_readme_demo_uclient_example_relays_without_loss(tmp_path: Path) -> None:
     # The README's "Try it with coturn's client tools" lines, against the demo configuration as shipped.
+    for name in ("reTurnServer.config", "users.txt"):  # a copy: the server's log goes beside its config
+        shutil.copy(DEMO_CONFIG.parent / name, tmp_path / name)
     port, peer_port = free_port(), free_udp_port_pair()
-    with turnutils_peer(peer_port), pyturn_process(DEMO_CONFIG, port, f"--TurnPort={port}", cwd=REPO / "conf"):
+    demo = tmp_path / "reTurnServer.config"
+    with turnutils_peer(peer_port), pyturn_process(demo, port, f"--TurnPort={port}", cwd=tmp_path):
         report = run_uclient(["-e", LOOPBACK, "-r", str(peer_port), "-u", "test", "-w", "1234", "-n", "100",
                               "-p", str(port), LOOPBACK], timeout=60)
     assert report.sent == report.received > 0, report.output[-3000:]

@@ -13,7 +13,7 @@ from interop import MiniTurnClient, TurnRequestFailed, start_echo_peer
 
 import pyturn
 from pyturn.errors import PyturnError
-from pyturn.net.transport import RelayEndpoint
+from pyturn.net.relay import RelayEndpoint
 from pyturn.wire.codec import decode_message
 from pyturn.wire.integrity import verify_integrity
 from pyturn.wire.message import Attr, Method

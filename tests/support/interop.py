@@ -301,6 +301,8 @@ class MiniTurnClient:
         self.nonce: str | None = None
         self.key: bytes | None = None
         self.unmatched: list[bytes] = []
+        self.challenges = 0  # 401/438 answers received (a redirect with a shared nonce secret adds none)
+        self.redirected_from: tuple[str, int] | None = None
 
     def close(self) -> None:
         self.sock.close()
@@ -349,6 +351,7 @@ class MiniTurnClient:
         if response.msg_class is MessageClass.ERROR:
             code = int(response.get(Attr.ERROR_CODE)[0])
             if code in (401, 438) and response.has(Attr.NONCE):
+                self.challenges += 1
                 self.nonce = response.get(Attr.NONCE)
                 self.realm = response.get(Attr.REALM, self.realm)
                 assert self.realm is not None
@@ -360,11 +363,25 @@ class MiniTurnClient:
         assert self.key is not None and verify_integrity(response, self.key), "success response not signed"
         return response
 
-    async def allocate(self, *extra: tuple[int, Any], lifetime: int | None = None) -> tuple[str, int]:
+    async def allocate(
+        self, *extra: tuple[int, Any], lifetime: int | None = None, follow_redirect: bool = False
+    ) -> tuple[str, int]:
+        """Allocate; with follow_redirect a 300 Try Alternate is followed once (RFC 8489 §10): only when its
+        MESSAGE-INTEGRITY verifies, keeping the REALM and NONCE it carries, as libwebrtc does."""
         attributes: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
         if lifetime is not None:
             attributes.append((Attr.LIFETIME, lifetime))
-        response = await self.request(Method.ALLOCATE, *attributes, *extra)
+        try:
+            response = await self.request(Method.ALLOCATE, *attributes, *extra)
+        except TurnRequestFailed as failed:
+            redirect = failed.response
+            if not follow_redirect or failed.code != 300 or self.redirected_from is not None:
+                raise
+            assert self.key is not None and verify_integrity(redirect, self.key), "unauthenticated 300"
+            self.redirected_from, self.server = self.server, redirect.get(Attr.ALTERNATE_SERVER)
+            self.nonce = redirect.get(Attr.NONCE, self.nonce)
+            self.realm = redirect.get(Attr.REALM, self.realm)
+            response = await self.request(Method.ALLOCATE, *attributes, *extra)
         relayed: tuple[str, int] = response.get(Attr.XOR_RELAYED_ADDRESS)
         return relayed
 
