@@ -22,7 +22,10 @@ __all__ = [
     "Event",
     "FiveTuple",
     "Hooks",
+    "Impairment",
+    "ImpairmentStats",
     "KeyCandidates",
+    "Method",
     "OpenRelay",
     "PermissionInstalled",
     "PyturnError",
@@ -74,11 +77,13 @@ from pyturn.core.events import (
     Event,
     PermissionInstalled,
 )
+from pyturn.core.impairment import Impairment, ImpairmentStats
 from pyturn.core.userdb import UserDB
 from pyturn.credentials import rest_credentials
 from pyturn.errors import ConfigError, PyturnError, StunDecodeError, TurnError, UserDBError
 from pyturn.files.configfile import load_config
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
+from pyturn.wire.message import Method
 
 if TYPE_CHECKING:
     from pyturn.server import ReloadResult, Server, StartupError, loopback_config

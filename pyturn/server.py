@@ -7,6 +7,7 @@ close() are idempotent. The CLI (pyturn.ops.cli) wraps this with signals, PID fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -14,7 +15,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +25,8 @@ from pyturn.config import Config
 from pyturn.core.allocation import Transport
 from pyturn.core.auth import EXPIRED, UserLookup
 from pyturn.core.dispatch import TurnServerCore
-from pyturn.core.events import AllocationRedirected, AuthFailed, Event
+from pyturn.core.events import AllocationDeleted, AllocationRedirected, AuthFailed, Event
+from pyturn.core.impairment import ActiveImpairment, Impairment
 from pyturn.core.redirect import own_addresses
 from pyturn.core.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets
 from pyturn.core.stats import ReloadStats
@@ -36,11 +38,12 @@ from pyturn.files.userfile import load_user_file
 from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
 from pyturn.net.localaddrs import interface_addresses, server_addresses
 from pyturn.net.runtime import Runtime
+from pyturn.net.shaping import RelayImpairments
 from pyturn.net.sockets import bind_stream, bind_udp, has_ipv6
 from pyturn.net.stream import make_stream_factory, start_stream_listener
 from pyturn.net.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
 from pyturn.net.udp import UdpListener
-from pyturn.wire.message import Address
+from pyturn.wire.message import Address, Method
 
 if TYPE_CHECKING:
     from pyturn.net.metrics import MetricsEndpoint
@@ -722,6 +725,8 @@ class Server:
         for sock in self._listen_sockets.values():
             sock.close()
         self._listen_sockets.clear()
+        if self._runtime is not None and self._runtime.impairments is not None:
+            self._runtime.impairments.close()
         if self.core is not None and self._runtime is not None:
             self._runtime.dispatch(self.core.close_all())
         for listener in self._udp:
@@ -743,6 +748,89 @@ class Server:
         self._streams.clear()
         if self._runtime is not None:
             await _release_streams(self._runtime)
+
+    # ----------------------------------------------------------------- test-rig controls (docs/testing.md)
+    def _running(self) -> tuple[TurnServerCore, Runtime]:
+        if self.core is None or self._runtime is None or self._closed:
+            raise PyturnError("the server is not running: start() it first")
+        return self.core, self._runtime
+
+    def _impairments(self) -> RelayImpairments:
+        _, runtime = self._running()
+        if runtime.impairments is None:
+            controller = RelayImpairments(runtime)
+            self._event_log.listeners.append(controller.on_event)
+        impairments: RelayImpairments = runtime.impairments
+        return impairments
+
+    def impair(self, impairment: Impairment | None, *, direction: str = "both",
+               username: str | None = None) -> ActiveImpairment | None:
+        """Impair the relayed media of `username`'s allocations (or everyone's) in `direction` ("both",
+        "to_peer", "to_client"), including allocations created later; returns the live statistics.
+
+        One impairment per username (None = everyone's, used where no username has its own); a new one replaces
+        it. ``impair(None)`` removes them all, ``impair(None, username=...)`` that user's. STUN is never impaired.
+        """
+        return self._impairments().impair(impairment, direction, username)
+
+    @contextlib.contextmanager
+    def impaired(self, impairment: Impairment, *, direction: str = "both",
+                 username: str | None = None) -> Iterator[ActiveImpairment]:
+        """``with server.impaired(Impairment(...)) as stats:`` impairs the relay for the block only."""
+        active = self.impair(impairment, direction=direction, username=username)
+        assert active is not None
+        try:
+            yield active
+        finally:
+            self.remove_impairment(active)
+
+    def remove_impairment(self, active: ActiveImpairment) -> None:
+        """Take `active` (what impair() returned) out of force, unless another impairment replaced it."""
+        if self._runtime is not None and self._runtime.impairments is not None and not self._closed:
+            self._impairments().remove(active)
+
+    def pause_relay(self) -> None:
+        """Drop every relayed datagram, both ways, while STUN and TURN requests are still answered."""
+        self._impairments().pause()
+
+    def resume_relay(self) -> None:
+        """End pause_relay(): relaying (and any impairment in force) resumes."""
+        self._impairments().resume()
+
+    def expire_allocations(self, username: str | None = None) -> int:
+        """Delete `username`'s allocations (or all) as if their lifetime had run out; returns how many went.
+
+        The core deletes them as its timer would (AllocationDeleted with reason "expired", hooks called)."""
+        core, runtime = self._running()
+        actions = core.expire_allocations(runtime.now(), username)
+        runtime.dispatch(actions)
+        return sum(1 for action in actions if isinstance(action, AllocationDeleted))
+
+    def fail_next(self, method: Method | int | str, code: int, count: int = 1) -> None:
+        """The next `count` authenticated requests of `method` ("ALLOCATE", "REFRESH", "CREATE_PERMISSION",
+        "CHANNEL_BIND" or a pyturn.Method) are answered with error `code`, signed with the user's key."""
+        core, _ = self._running()
+        core.faults.add(method, code, count)
+
+    def expire_nonces(self) -> None:
+        """Make every nonce issued so far stale: each client's next authenticated request gets 438."""
+        core, _ = self._running()
+        core.expire_nonces()
+
+    def close_connections(self, username: str | None = None) -> int:
+        """Drop (RST) the TCP/TLS client connections (of `username`'s allocations, or all); returns how many.
+
+        Their allocations die with them (RFC 8656 §7), as when a client's connection breaks."""
+        core, runtime = self._running()
+        dropped = 0
+        for five_tuple, stream in list(runtime.streams.items()):
+            allocation = core.allocations.get(five_tuple)
+            if username is not None and (allocation is None or allocation.username != username):
+                continue
+            if stream.transport is not None:
+                stream.transport.abort()
+                dropped += 1
+        return dropped
 
     # ------------------------------------------------------------------------------------------ queries
     def allocation_count(self) -> int:

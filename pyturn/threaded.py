@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from pyturn.config import Config
 from pyturn.core.events import Event
+from pyturn.core.impairment import ActiveImpairment, Impairment
 from pyturn.errors import PyturnError
 from pyturn.hooks import AllocationEnded, Hooks, RelayedBytes
 from pyturn.server import TRANSPORTS, ReloadResult, Server, Users
-from pyturn.wire.message import Address
+from pyturn.wire.message import Address, Method
 
 __all__ = ["ThreadedServer", "run_in_thread"]
 
@@ -165,6 +167,42 @@ class ThreadedServer:
             self.server.wait_for_event(kind, where=where, timeout=timeout), loop
         )
         return waiting.result(timeout + 1.0)
+
+    # ------------------------------------------------------- test-rig controls (see pyturn.Server, docs/testing.md)
+    def impair(self, impairment: Impairment | None, *, direction: str = "both",
+               username: str | None = None) -> ActiveImpairment | None:
+        """See :meth:`pyturn.Server.impair`; the returned statistics are updated by the server's thread."""
+        return self.call(lambda server: server.impair(impairment, direction=direction, username=username))
+
+    @contextlib.contextmanager
+    def impaired(self, impairment: Impairment, *, direction: str = "both",
+                 username: str | None = None) -> Iterator[ActiveImpairment]:
+        """See :meth:`pyturn.Server.impaired`."""
+        active = self.impair(impairment, direction=direction, username=username)
+        assert active is not None
+        try:
+            yield active
+        finally:
+            if self._thread.is_alive():
+                self.call(lambda server: server.remove_impairment(active))
+
+    def pause_relay(self) -> None:
+        self.call(lambda server: server.pause_relay())
+
+    def resume_relay(self) -> None:
+        self.call(lambda server: server.resume_relay())
+
+    def expire_allocations(self, username: str | None = None) -> int:
+        return self.call(lambda server: server.expire_allocations(username))
+
+    def fail_next(self, method: Method | int | str, code: int, count: int = 1) -> None:
+        self.call(lambda server: server.fail_next(method, code, count))
+
+    def expire_nonces(self) -> None:
+        self.call(lambda server: server.expire_nonces())
+
+    def close_connections(self, username: str | None = None) -> int:
+        return self.call(lambda server: server.close_connections(username))
 
     def __repr__(self) -> str:
         return f"<pyturn.ThreadedServer {self.addresses}>"

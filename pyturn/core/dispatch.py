@@ -42,6 +42,7 @@ from pyturn.core.events import (
     AllocationDeleted,
     AuthFailed,
 )
+from pyturn.core.faults import FailureInjector, reason_for
 from pyturn.core.permissions import channel_bind, create_permission
 from pyturn.core.policy import PeerPolicy, Verdict
 from pyturn.core.ports import PortPool
@@ -132,6 +133,7 @@ class TurnServerCore:
         rate = config.unauthenticated_rate_limit
         self._limiter = SourceLimiter(rate) if rate > 0 else None
         self.stats = CoreStats()  # read by pyturn.net.metrics at scrape time
+        self.faults = FailureInjector()  # test rigs: errors injected after authentication (Server.fail_next)
 
     # ------------------------------------------------------------------------------------------ set-up
     def set_user_lookup(self, users: UserLookup) -> None:
@@ -406,6 +408,34 @@ class TurnServerCore:
             return allocation.scheduled == deadline
         return allocation.peers_scheduled == deadline  # PEERS
 
+    # ------------------------------------------------------------------------------- test-rig faults
+    def expire_allocations(self, now: float, username: str | None = None) -> list[Action]:
+        """Delete the allocations (of `username`, or all) as if their lifetime had run out (docs/testing.md)."""
+        self._now = now
+        actions: list[Action] = []
+        for allocation in list(self._allocations.values()):
+            if username is None or allocation.username == username:
+                actions.extend(self._delete(allocation, "expired"))
+        return actions
+
+    def expire_nonces(self) -> None:
+        """Sign and check nonces with a new key only: every nonce issued so far is stale, so the next
+        authenticated request of each client gets 438 and a new nonce (RFC 8489 §9.2.4). Reservation tokens keep
+        their key; reloading a NonceSecretFile brings its secrets back."""
+        self._nonces.set_secrets([self._randbytes(32)])
+
+    def _injected_failure(
+        self, request: Message, five_tuple: FiveTuple, credentials: Credentials, code: int
+    ) -> list[Action]:
+        error = TurnError(code, reason_for(code))
+        if code in (401, 438):
+            # Challenges carry REALM and a fresh NONCE and no MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
+            return self._refuse(request, five_tuple, Challenge(code, error.reason))
+        response = error_response_for(request, error)
+        if request.method == Method.ALLOCATE:
+            response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
+        return [reply(self, request, response, five_tuple, credentials.key)]
+
     def close_all(self) -> list[Action]:
         """Free every allocation (server shutdown)."""
         actions: list[Action] = []
@@ -454,6 +484,10 @@ class TurnServerCore:
         # RFC 8489 §6.3.1: unknown comprehension-required attributes -> 420 (after authentication, as reTurn).
         if request.unknown_required:
             return [reply(self, request, unknown_attributes_response(request), five_tuple, credentials.key)]
+        if self.faults:
+            injected = self.faults.take(method)
+            if injected is not None:
+                return self._injected_failure(request, five_tuple, credentials, injected)
         try:
             return handler(self, request, five_tuple, credentials, allocation, now)
         except TurnError as error:

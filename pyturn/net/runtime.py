@@ -87,6 +87,8 @@ class Runtime:
             f"refused %d relay socket(s) (508): out of file descriptors or the budget of {self.socket_budget} "
             "sockets reached"
         )
+        # pyturn.net.shaping.RelayImpairments once a test rig impairs or pauses the relay (docs/testing.md).
+        self.impairments: Any = None
         # One input-triggered bug must not become a traceback per packet (a log flood): one line per interval.
         self.internal_errors = ThrottledWarning(
             "dropped %d datagram(s) or frame(s) after an internal error; the latest, with its traceback: ",

@@ -137,3 +137,30 @@ def test_turn_server_fixture_works_in_another_test_suite(pytester: pytest.Pytest
     result = pytester.runpytest("--strict-markers", "-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*transports must be some of*"])
+
+
+def test_turn_server_marker_impairment_and_turn_servers_in_another_test_suite(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        import pyturn
+
+        @pytest.mark.turn_server(impairment=pyturn.Impairment(delay=0.01, seed=1), impairment_direction="to_client")
+        def test_impaired(turn_server):
+            assert turn_server.impairment is not None
+            assert turn_server.impairment.to_peer is None and turn_server.impairment.to_client is not None
+            turn_server.fail_next("REFRESH", 508)
+            assert turn_server.expire_allocations() == 0
+
+        @pytest.mark.turn_server(impairment_direction="sideways")
+        def test_bad_direction(turn_server):
+            pass
+
+        def test_two(turn_servers):
+            first, second = turn_servers(), turn_servers(transports=("tcp",))
+            assert first.username == second.username and second.addresses["udp"] == []
+        """
+    )
+    result = pytester.runpytest("--strict-markers", "-p", "no:cacheprovider", "-p", "no:asyncio")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*impairment_direction is 'both', 'to_peer' or 'to_client'*"])
