@@ -314,14 +314,14 @@ class Server:
             if not result.loaded:
                 raise UserDBError("; ".join(result.problems) or "no valid user in the user file")
             assert self._user_db is not None
-            return self._user_db.lookup
+            return self._user_db
         if isinstance(users, UserDB):
             self._user_db = users
-            return users.lookup
+            return users
         if isinstance(users, Mapping):
             self._user_db = UserDB.from_passwords(users, self.config.authentication_realm)
             self._passwords = dict(users)
-            return self._user_db.lookup
+            return self._user_db
         return users
 
     def _combined_lookup(self) -> UserLookup:
@@ -381,7 +381,7 @@ class Server:
             result = self._load_user_file()
             if result.loaded:
                 assert self._user_db is not None
-                self._users = self._user_db.lookup
+                self._users = self._user_db
         elif secret_result is not None:
             result = ReloadResult(True, len(self._user_db) if self._user_db is not None else 0)
         else:

@@ -59,6 +59,8 @@ class Allocation:
     relayed: Address
     expires: float
     dont_fragment: bool = False
+    # RFC 8489 §18.5 password algorithm `key` was derived with (1 MD5, 2 SHA-256); later requests use the same key.
+    algorithm: int = 1
     permissions: dict[str, float] = field(default_factory=dict)
     channels: dict[int, ChannelBinding] = field(default_factory=dict)
     # Fast path views kept in step with the two tables above: peer -> channel number for the live bindings

@@ -34,7 +34,15 @@ from pyturn.core.allocation import (
     FiveTuple,
     Transport,
 )
-from pyturn.core.auth import Challenge, Credentials, NonceSigner, UserLookup, authenticate
+from pyturn.core.auth import (
+    OFFERED_ALGORITHMS,
+    Challenge,
+    Credentials,
+    NonceSigner,
+    UserLookup,
+    authenticate,
+    security_features,
+)
 from pyturn.core.binding import handle_binding
 from pyturn.core.data import handle_channel_data, handle_send
 from pyturn.core.events import (
@@ -53,10 +61,17 @@ from pyturn.core.reservations import Reservation, release_reservation, reserve
 from pyturn.core.routes import RouteTable
 from pyturn.core.stats import MALFORMED, RATE_LIMITED, CoreStats
 from pyturn.core.timers import DeadlineHeap, DeadlineKind
-from pyturn.core.transactions import error_response_for, reply, success_response, unknown_attributes_response
+from pyturn.core.transactions import (
+    AMPLIFICATION_LIMIT,
+    error_response_for,
+    reply,
+    success_response,
+    unknown_attributes_response,
+)
 from pyturn.errors import StunDecodeError, TurnError
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.framing import encode_channel_data
+from pyturn.wire.integrity import has_integrity
 from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 
@@ -102,6 +117,7 @@ class TurnServerCore:
     ) -> None:
         self.config = config
         self._users = users
+        self._features = security_features(users)  # what 401/438 offer (RFC 8489 §9.2, pyturn.core.auth)
         self._secret = secret if secret is not None else randbytes(32)
         # NonceSecretFile (pyturn.files.noncesecret): instances sharing it accept each other's nonces.
         self._nonces = NonceSigner(nonce_secrets or self._secret, config.nonce_lifetime)
@@ -139,6 +155,7 @@ class TurnServerCore:
     def set_user_lookup(self, users: UserLookup) -> None:
         """Swap the user source in one assignment (reload); existing allocations keep their key."""
         self._users = users
+        self._features = security_features(users)
 
     def set_server_addresses(
         self,
@@ -254,6 +271,7 @@ class TurnServerCore:
             username=credentials.username,
             realm=credentials.realm,
             key=credentials.key,
+            algorithm=credentials.algorithm,
             relay_handle=handle,
             relayed=relayed,
             expires=now + pending.lifetime,
@@ -456,7 +474,7 @@ class TurnServerCore:
             return self._refuse(request, five_tuple, TurnError(400, "Bad Request"))
         allocation = self._allocations.get(five_tuple)
         if request.invalid_attributes and (
-            request.integrity_offset is None or (allocation is None and method != Method.ALLOCATE)
+            not has_integrity(request) or (allocation is None and method != Method.ALLOCATE)
         ):
             return []  # unauthenticated and malformed: dropped, as a message that does not parse (RFC 8489 §6.3)
         if allocation is None and method != Method.ALLOCATE:
@@ -471,7 +489,7 @@ class TurnServerCore:
             if request.invalid_attributes:
                 return []  # malformed and not authenticated: no answer, as above
             actions = self._refuse(request, five_tuple, error)
-            if request.integrity_offset is not None:
+            if has_integrity(request):
                 failure = (error.failure if isinstance(error, Challenge) else "") or MALFORMED
                 actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME), failure))
                 self.stats.auth_failure(failure)
@@ -507,12 +525,34 @@ class TurnServerCore:
         ):
             self.stats.auth_failure(RATE_LIMITED)
             return []
-        response = error_response_for(request, error)
         if isinstance(error, Challenge):
-            # RFC 8489 §9.2.4: 401 and 438 carry the REALM and a fresh NONCE.
-            response.add(Attr.REALM, self.config.authentication_realm)
-            response.add(Attr.NONCE, self._nonces.issue(self._now))
+            response = self._challenge(request, five_tuple, error)
+        else:
+            response = error_response_for(request, error)
         return [reply(self, request, response, five_tuple, None)]
+
+    def _challenge(self, request: Message, five_tuple: FiveTuple, error: Challenge) -> Message:
+        """RFC 8489 §9.2.4: 401 and 438 carry the REALM and a fresh NONCE; with the nonce cookie, the Security
+        Features and PASSWORD-ALGORITHMS (docs/compatibility.md "RFC 8489 authentication").
+
+        The offer goes to every request with the magic cookie (RFC 3489 requests predate it). RFC 5389 clients
+        ignore the comprehension-optional PASSWORD-ALGORITHMS and echo the longer nonce (29 characters, within the
+        128 of RFC 8489 §14.10). Over UDP it goes only when the answer with it stays within 3x the request
+        (docs/security.md "Amplification"): the smallest requests get the plain RFC 5389 challenge.
+        """
+        features = 0 if request.classic else self._features
+        while True:
+            response = error_response_for(request, error)
+            response.add(Attr.REALM, self.config.authentication_realm)
+            response.add(Attr.NONCE, self._nonces.issue(self._now, features=features))
+            if not features:
+                return response
+            response.add(Attr.PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS)
+            if five_tuple.transport is not Transport.UDP or len(
+                encode_message(response, fingerprint=request.has_fingerprint)
+            ) <= AMPLIFICATION_LIMIT * len(request.raw):
+                return response
+            features = 0
 
 
 

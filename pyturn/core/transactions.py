@@ -47,12 +47,20 @@ def encode_response(core: TurnServerCore, request: Message, response: Message, k
     software = core._software
     if software is not None:
         response.add(Attr.SOFTWARE, software)
+    # RFC 8489 §9.2.4: a request that named a PASSWORD-ALGORITHM is answered with MESSAGE-INTEGRITY-SHA256, one
+    # processed as MD5 with MESSAGE-INTEGRITY; a request signed with MESSAGE-INTEGRITY-SHA256 only is answered in
+    # kind too (as §9.1.3 says for short-term credentials), since that client may check nothing else.
+    sha256 = key is not None and (
+        request.integrity_sha256_offset is not None or request.has(Attr.PASSWORD_ALGORITHM)
+    )
+    mi_key, mi_sha256_key = (None, key) if sha256 else (key, None)
     # RFC 8489 §14.7 / reTurn: FINGERPRINT is mirrored when the request carried one.
-    data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+    data = encode_message(response, integrity_key=mi_key, integrity_sha256_key=mi_sha256_key,
+                          fingerprint=request.has_fingerprint)
     if key is None and software is not None and len(data) > AMPLIFICATION_LIMIT * len(request.raw):
         # An unauthenticated answer may not amplify more than 3x: SOFTWARE is the first thing left out.
         response.attributes.pop()
-        data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+        data = encode_message(response, fingerprint=request.has_fingerprint)
     return data
 
 

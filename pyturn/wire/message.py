@@ -40,6 +40,13 @@ class MessageClass(IntEnum):
     ERROR = 3
 
 
+class PasswordAlgorithm(IntEnum):
+    """RFC 8489 §18.5: the STUN Password Algorithms registry (PASSWORD-ALGORITHM, PASSWORD-ALGORITHMS)."""
+
+    MD5 = 0x0001
+    SHA256 = 0x0002
+
+
 class Attr(IntEnum):
     MAPPED_ADDRESS = 0x0001
     RESPONSE_ADDRESS = 0x0002

@@ -301,9 +301,10 @@ class MiniTurnClient:
     request waits and are not its response are kept in ``unmatched``.
     """
 
-    def __init__(self, server: tuple[str, int], username: str = USERNAME, password: str = PASSWORD) -> None:
+    def __init__(self, server: tuple[str, int], username: str = USERNAME, password: str = PASSWORD, *,
+                 rfc8489: bool = False) -> None:
         self.server = server
-        self.session = ClientSession(username, password)
+        self.session = ClientSession(username, password, rfc8489=rfc8489)
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
