@@ -301,7 +301,8 @@ def authenticate(
         raise Challenge(401, "Unauthorized", UNKNOWN_USER)
     candidates = _candidates(lookup, username, request_realm, now, algorithm)
     if not candidates.keys and algorithm == PasswordAlgorithm.SHA256:
-        # A user with an MD5 key only (an htdigest line): known, but not with this algorithm (README "Users").
+        # A user with an MD5 key only (an htdigest line): known, but not with this algorithm
+        # (docs/compatibility.md "RFC 8489 authentication").
         md5 = _candidates(lookup, username, request_realm, now, PasswordAlgorithm.MD5)
         raise Challenge(401, "Unauthorized", MD5_ONLY_USER if md5.keys else UNKNOWN_USER)
     for key in candidates.keys:

@@ -9,7 +9,7 @@ the
 
 HA1 = MD5(username ":" realm ":" password) is the RFC 8489 §9.2.2 long-term key (16 raw bytes). A line with the
 password in plain text also gives the SHA-256 key of RFC 8489 §18.5.1.2; htdigest lines and hashed passwords hold
-the MD5 key only, so those users stay on MD5 (README "Users").
+the MD5 key only, so those users stay on MD5 (docs/compatibility.md "RFC 8489 authentication").
 Parsing is pure; pyturn.files.userfile.load_user_file reads the file. A bad line never raises: it is
 reported as a :class:`UserProblem` and skipped. Problem messages never contain passwords or HA1 values.
 """

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pyturn.core.auth import FEATURE_USERNAME_ANONYMITY, nonce_features
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.framing import decode_channel_data, encode_channel_data
-from pyturn.core.auth import FEATURE_USERNAME_ANONYMITY, nonce_features
 from pyturn.wire.integrity import long_term_key, long_term_key_sha256, userhash, verify_message_integrity
 from pyturn.wire.message import Attr, Message, MessageClass, Method, PasswordAlgorithm
 
@@ -225,7 +225,8 @@ class ClientSession:
         if not self.rfc8489 or nonce is None:
             return
         offered = response.get(Attr.PASSWORD_ALGORITHMS)
-        known = [algorithm for algorithm, _ in offered or () if algorithm in (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)]
+        supported = (PasswordAlgorithm.SHA256, PasswordAlgorithm.MD5)
+        known = [algorithm for algorithm, _ in offered or () if algorithm in supported]
         self.password_algorithms = tuple(offered) if known else None
         self.algorithm = known[0] if known else PasswordAlgorithm.MD5
         self.use_userhash = bool(nonce_features(nonce) & FEATURE_USERNAME_ANONYMITY)
