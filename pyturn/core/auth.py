@@ -172,14 +172,15 @@ class NonceSigner:
             cookie = NONCE_COOKIE + base64.b64encode(feature_bytes).decode("ascii")
         return cookie + base64.urlsafe_b64encode(stamp + self._mac(self._secrets[0], signed)).decode("ascii")
 
-    def check(self, nonce: str, now: float) -> NonceState | None:
+    def check(self, nonce: str, now: float, features: int | None = None) -> NonceState | None:
         """The state of a nonce one of the secrets signed less than `lifetime` seconds ago, else None.
 
         A nonce from another process (without a shared NonceSecretFile), a forged one, or an expired one is not
         fresh: all three are answered with 438 and a new nonce (RFC 8489 §9.2.4), so a client recovers after a
         server restart.
         """
-        features = nonce_features(nonce)
+        if features is None:
+            features = nonce_features(nonce)
         prefix = features.to_bytes(3, "big") if features else b""
         if features:
             nonce = nonce[_COOKIE_LENGTH:]
@@ -200,9 +201,10 @@ class NonceSigner:
                 return NonceState.REDIRECTED
         return None
 
-    def is_fresh(self, nonce: str, now: float) -> bool:
-        """True for a nonce one of the secrets signed less than `lifetime` seconds ago (see check())."""
-        return self.check(nonce, now) is not None
+    def is_fresh(self, nonce: str, now: float, features: int | None = None) -> bool:
+        """True for a nonce one of the secrets signed less than `lifetime` seconds ago (see check()); `features`,
+        when the caller has them, are nonce_features(nonce)."""
+        return self.check(nonce, now, features) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +250,8 @@ def password_algorithm(request: Message, features: int) -> int:
     return int(algorithm)
 
 
-def _user_of(request: Message, lookup: UserLookup, realm: str) -> str | None:
-    """USERNAME, or the user whose USERHASH (RFC 8489 §14.4) the request carries; None for an unknown hash."""
-    username: str | None = request.get(Attr.USERNAME)
-    if username is not None:
-        return username
+def _user_of_hash(request: Message, lookup: UserLookup, realm: str) -> str | None:
+    """The user whose USERHASH (RFC 8489 §14.4) the request carries; None for an unknown hash."""
     find = getattr(lookup, "user_for_hash", None)
     found: tuple[str, str] | None = find(request.get(Attr.USERHASH)) if find is not None else None
     if found is None or found[1] != realm:
@@ -282,7 +281,8 @@ def authenticate(
     if not has_integrity(request):
         raise Challenge(401, "Unauthorized")
     # Step 2: USERNAME or USERHASH, REALM and NONCE must be there -> else 400.
-    if not request.has(Attr.USERNAME) and not request.has(Attr.USERHASH):
+    username: str | None = request.get(Attr.USERNAME)
+    if username is None and not request.has(Attr.USERHASH):
         raise TurnError(400, "Bad Request")
     request_realm = request.get(Attr.REALM)
     if request_realm is None:
@@ -293,12 +293,14 @@ def authenticate(
     # The nonce is checked before the user and the HMAC, as reTurn does: a stale nonce gets 438 even
     # with a wrong password (RFC 8489 §9.2.4 step 3 allows either order). It also comes before the password
     # algorithm checks: only a nonce this server signed tells truly what its challenge offered.
-    if not nonces.is_fresh(nonce, now):
+    features = nonce_features(nonce)
+    if not nonces.is_fresh(nonce, now, features):
         raise Challenge(438, "Stale Nonce", STALE_NONCE)
-    algorithm = password_algorithm(request, nonce_features(nonce))
-    username = _user_of(request, lookup, request_realm)
+    algorithm = password_algorithm(request, features)
     if username is None:
-        raise Challenge(401, "Unauthorized", UNKNOWN_USER)
+        username = _user_of_hash(request, lookup, request_realm)
+        if username is None:
+            raise Challenge(401, "Unauthorized", UNKNOWN_USER)
     candidates = _candidates(lookup, username, request_realm, now, algorithm)
     if not candidates.keys and algorithm == PasswordAlgorithm.SHA256:
         # A user with an MD5 key only (an htdigest line): known, but not with this algorithm

@@ -8,6 +8,8 @@ import hashlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from turnclient import CLIENT, PEER, REALM, SERVER, Harness, TurnClient, build, new_tid
 from turnsession import CLIENT_SOFTWARE, message
 
@@ -295,3 +297,29 @@ def test_rfc8489_shared_secret_user_with_sha256() -> None:
                           key=long_term_key_sha256(username, REALM, password) or b"", who=(Attr.USERHASH, hashed))
     other = FiveTuple(Transport.UDP, ("203.0.113.11", 40001), SERVER)
     assert harness.send(data, other).error_code == 401
+
+
+ALGORITHMS = st.sampled_from([(0x0001, b""), (0x0002, b""), (0x0003, b""), (0x0002, b"\x00\x00\x00\x01")])
+
+
+@settings(max_examples=60, deadline=None)
+@given(chosen=st.none() | ALGORITHMS, listed=st.none() | st.lists(ALGORITHMS, max_size=3).map(tuple))
+def test_rfc8489_password_algorithm_rules_hold_for_any_combination(
+    chosen: tuple[int, bytes] | None, listed: tuple[tuple[int, bytes], ...] | None
+) -> None:
+    harness = rfc8489_harness()
+    nonce = challenge(harness).get(Attr.NONCE)
+    attrs: list[tuple[int, Any]] = []
+    if listed is not None:
+        attrs.append((Attr.PASSWORD_ALGORITHMS, listed))
+    if chosen is not None:
+        attrs.append((Attr.PASSWORD_ALGORITHM, chosen))
+    sha256 = chosen == SHA256
+    key = sha256_key() if sha256 else long_term_key("alice", REALM, "secret")
+    result = harness.send(signed_request(nonce, *attrs, key=key), UDP)
+    valid = (chosen is None and listed is None) or (listed == OFFER and chosen in OFFER)
+    if valid:
+        assert result.response.msg_class is MessageClass.SUCCESS
+        assert harness.core.allocations[UDP].algorithm == (0x0002 if sha256 else 0x0001)
+    else:
+        assert result.error_code == 400
