@@ -117,7 +117,6 @@ class TurnServerCore:
     ) -> None:
         self.config = config
         self._users = users
-        self._features = security_features(users)  # what 401/438 offer (RFC 8489 §9.2, pyturn.core.auth)
         self._secret = secret if secret is not None else randbytes(32)
         # NonceSecretFile (pyturn.files.noncesecret): instances sharing it accept each other's nonces.
         self._nonces = NonceSigner(nonce_secrets or self._secret, config.nonce_lifetime)
@@ -155,7 +154,6 @@ class TurnServerCore:
     def set_user_lookup(self, users: UserLookup) -> None:
         """Swap the user source in one assignment (reload); existing allocations keep their key."""
         self._users = users
-        self._features = security_features(users)
 
     def set_server_addresses(
         self,
@@ -540,7 +538,7 @@ class TurnServerCore:
         128 of RFC 8489 §14.10). Over UDP it goes only when the answer with it stays within 3x the request
         (docs/security.md "Amplification"): the smallest requests get the plain RFC 5389 challenge.
         """
-        features = 0 if request.classic else self._features
+        features = 0 if request.classic else security_features(self._users)
         while True:
             response = error_response_for(request, error)
             response.add(Attr.REALM, self.config.authentication_realm)
