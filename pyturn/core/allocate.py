@@ -5,7 +5,7 @@ the adapter to open the relay socket.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyturn.core.actions import (
     Action,
@@ -23,7 +23,7 @@ from pyturn.core.ports import PortPool
 from pyturn.core.redirect import Capacity, capacity_reason, redirect
 from pyturn.core.reservations import redeem
 from pyturn.errors import TurnError
-from pyturn.wire.message import Attr, Message
+from pyturn.wire.message import Address, Attr, Message
 
 if TYPE_CHECKING:
     from pyturn.core.dispatch import TurnServerCore
@@ -47,6 +47,10 @@ class PendingAllocation:
     reserve_next: bool
     from_reservation: bool
     attempts: int = 1
+    # RFC 8656 §7.2 dual allocation: the IPv6 relay to open once the IPv4 one is bound, and that IPv4 relay
+    # (handle, relayed address) while the IPv6 one is being opened.
+    additional_family: int | None = None
+    first: tuple[Any, Address] | None = None
 
     def release_ports(self, ports: PortPool) -> None:
         ports.release(self.port)
@@ -81,8 +85,13 @@ def allocate(
     even_port = request.get(Attr.EVEN_PORT)
     token = request.get(Attr.RESERVATION_TOKEN)
     family_requested = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-    # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT or REQUESTED-ADDRESS-FAMILY together with RESERVATION-TOKEN -> 400.
-    if token is not None and (even_port is not None or family_requested is not None):
+    additional = request.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+    # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT, REQUESTED- or ADDITIONAL-ADDRESS-FAMILY with RESERVATION-TOKEN -> 400.
+    if token is not None and (even_port is not None or family_requested is not None or additional is not None):
+        raise TurnError(400, "Bad Request")
+    # §7.2 steps 6, 8 and 9: ADDITIONAL-ADDRESS-FAMILY (a dual allocation) goes with neither REQUESTED-ADDRESS-FAMILY
+    # nor EVEN-PORT with the R bit, and IPv6 is its only valid value -> else 400.
+    if additional is not None and (family_requested is not None or even_port or additional != FAMILY_IPV6):
         raise TurnError(400, "Bad Request")
     if family_requested is not None and family_requested not in (FAMILY_IPV4, FAMILY_IPV6):
         raise TurnError(440, "Address Family not Supported")
@@ -120,6 +129,7 @@ def allocate(
         even=even_port is not None,
         reserve_next=reserve_next,
         from_reservation=token is not None,
+        additional_family=additional,
     )
     return [open_relay(core, pending)]
 

@@ -28,11 +28,11 @@ def handle_send(core: TurnServerCore, indication: Message, five_tuple: FiveTuple
         return []
     peer = indication.get(Attr.XOR_PEER_ADDRESS)
     data = indication.get(Attr.DATA)
-    if peer is None or data is None or family_of(peer[0]) != allocation.family:
+    if peer is None or data is None or not allocation.has_family(family_of(peer[0])):
         return []
     if not allocation.has_permission(peer[0], now) or not core.policy.allows(peer[0], peer[1]):
         return []
-    return [SendToPeer(allocation.relay_handle, peer, data)]
+    return [SendToPeer(allocation.handle_for(peer[0]), peer, data)]
 
 
 def handle_channel_data(core: TurnServerCore, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:
@@ -46,4 +46,4 @@ def handle_channel_data(core: TurnServerCore, data: bytes, five_tuple: FiveTuple
     binding = allocation.channels.get(channel)
     if binding is None or binding.expires <= now or not allocation.has_permission(binding.peer[0], now):
         return []
-    return [SendToPeer(allocation.relay_handle, binding.peer, payload)]
+    return [SendToPeer(allocation.handle_for(binding.peer[0]), binding.peer, payload)]

@@ -53,7 +53,7 @@ class RouteTable:
             key = (client, channel)
             if binding.expires > now and allocation.has_permission(binding.peer[0], now):
                 live[binding.peer] = channel
-                table[key] = (allocation.relay_handle, binding.peer)
+                table[key] = (allocation.handle_for(binding.peer[0]), binding.peer)
             else:
                 table.pop(key, None)
 
