@@ -419,10 +419,10 @@ def test_security_core_state_returns_to_empty_after_churn() -> None:
     harness.advance(3600)
     harness.tick()
     core = harness.core
-    assert not core.allocations and not core._by_handle and not core._per_user and not core._pending
-    assert len(core._deadlines) == 0
+    assert not core.allocations and not core.state.by_handle and not core.state.per_user and not core.state.pending
+    assert len(core.state.deadlines) == 0
     assert all(not table for table in core.route_table.listeners())
-    assert core._ports.in_use == 0
+    assert core.ports.in_use == 0
 
 
 # ------------------------------------------------------------------------------------ bandwidth (in-process)
