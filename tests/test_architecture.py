@@ -42,6 +42,23 @@ def test_architecture_pure_module_opens_no_file(path: Path) -> None:
             assert name not in DYNAMIC_IMPORTS, f"{path.name}:{node.lineno}: {name}() in a pure module"
 
 
+# The receivers a module may read private attributes of: its own object, its class, and the other operand of a
+# comparison method of the same class.
+OWN_RECEIVERS = {"self", "cls", "other"}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "core").glob("*.py")), ids=lambda path: path.name)
+def test_architecture_core_module_reads_no_other_module_privates(path: Path) -> None:
+    # docs/architecture.md "Layers": the handlers share a CoreState with public fields, not TurnServerCore's privates.
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            receiver = node.value.id if isinstance(node.value, ast.Name) else ast.unparse(node.value)
+            assert receiver in OWN_RECEIVERS, f"{path.name}:{node.lineno}: {receiver}.{node.attr}"
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pyturn"):
+            private = [alias.name for alias in node.names if alias.name.startswith("_")]
+            assert not private, f"{path.name}:{node.lineno}: imports {private} from {node.module}"
+
+
 def test_architecture_pure_modules_are_all_listed() -> None:
     # A new pure package must be added to the forbidden contract and to PURE above.
     assert {path.parent.name for path in PURE if path.parent != PACKAGE} == {"core", "wire"}
