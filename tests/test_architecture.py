@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,16 @@ def test_architecture_import_contracts_are_kept(monkeypatch: pytest.MonkeyPatch)
     importlinter_cli = require_module("importlinter.cli")
     monkeypatch.chdir(REPO)
     output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        exit_code = importlinter_cli.lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True)
+    # lint_imports configures logging in a way that disables every logger that exists already; later tests in the
+    # same session that check pyturn's log lines need them back.
+    loggers = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    disabled = [logger.disabled for logger in loggers]
+    try:
+        with contextlib.redirect_stdout(output):
+            exit_code = importlinter_cli.lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True)
+    finally:
+        for logger, was_disabled in zip(loggers, disabled, strict=True):
+            logger.disabled = was_disabled
     assert exit_code == 0, output.getvalue()
     assert "2 kept, 0 broken" in output.getvalue()
 
