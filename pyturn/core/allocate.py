@@ -76,7 +76,7 @@ def allocate(
     even_port = request.get(Attr.EVEN_PORT)
     token = request.get(Attr.RESERVATION_TOKEN)
     family_requested = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-    additional = request.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+    additional = request.get(Attr.ADDITIONAL_ADDRESS_FAMILY, request.get(Attr.ADDITIONAL_ADDRESS_FAMILY_OLD))
     # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT, REQUESTED- or ADDITIONAL-ADDRESS-FAMILY with RESERVATION-TOKEN -> 400.
     if token is not None and (even_port is not None or family_requested is not None or additional is not None):
         raise TurnError(400, "Bad Request")
