@@ -109,8 +109,8 @@ async def peer_pair(offerer_servers: Sequence[dict[str, Any]],
     try:
         yield Pinger(offerer, answerer)
     finally:
-        # Bounded: when the allocations are already gone, aioice's deleting Refresh meets an unsigned 437, which it
-        # discards, and it would retransmit for about 40 s. The close goes on in the background if cut short.
+        # Bounded, whatever the server answers aioice's deleting Refresh (a lost answer means retransmissions for
+        # about 40 s). The close goes on in the background if cut short.
         closing = asyncio.gather(offerer.close(), answerer.close())
         done, _ = await asyncio.wait([closing], timeout=CLOSE_WAIT)
         if closing in done:
