@@ -1,0 +1,106 @@
+"""Chromium restarts ICE through an embedded pyturn the test steers: after expire_allocations(), and onto a second
+server when the first one goes away (docs/testing.md "A forced ICE restart", "Failover between two TURN servers").
+
+aiortc cannot restart ICE (docs/testing.md), so the browser shows it: two pages in one headless Chromium, relay-only,
+a data channel between them, the SDP carried by the test. The servers come from the `turn_servers` factory but are
+started inside the deployment's namespace (conftest.py `namespaced_turn_servers`): Chromium ignores loopback
+interfaces, so a server on 127.0.0.1 would get no request from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from chromium import ICE_DOWN, ICE_UP, BrowserCall, Chromium, sdp_candidates
+from netns import ALT_STUN_ADDRESS, TURN_ADDRESS
+
+from pyturn import AllocationCreated
+from pyturn.testing import TurnServerFixture
+
+pytestmark = pytest.mark.deploy
+
+DOWN_TIMEOUT_MS = 40_000  # "disconnected" came after about 6 s here; "failed" at consent expiry, 30 s (RFC 7675 §5.1)
+
+
+def _ice_servers(server: TurnServerFixture) -> list[list[dict[str, Any]]]:
+    return [server.ice_servers(transports=("udp",))] * 2  # both users share the generated one
+
+
+def _relayed(server: TurnServerFixture, after: int = 0) -> set[tuple[str, int]]:
+    """The relayed addresses of the allocations the server created (from its `after`-th event on)."""
+    return {tuple(event.relayed) for event in server.events[after:] if isinstance(event, AllocationCreated)}
+
+
+def _local_relays(call: BrowserCall, pairs: list[dict[str, Any] | None] | None = None) -> list[tuple[str, int]]:
+    """The local candidate of each page's selected pair, checked to be relay/relay."""
+    relays = []
+    for pair in call.selected_pairs() if pairs is None else pairs:
+        assert pair is not None and pair["state"] == "succeeded", pair
+        assert pair["local"]["type"] == pair["remote"]["type"] == "relay", pair
+        relays.append((pair["local"]["address"], pair["local"]["port"]))
+    return relays
+
+
+def _wait_for_new_pairs(call: BrowserCall, old: list[tuple[str, int]], timeout: float = 20.0) -> list[tuple[str, int]]:
+    """After a restart ICE reports 'connected' as soon as a pair works; wait (bounded) until both pages have
+    selected a working one on a relay other than before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pairs = call.selected_pairs()
+        if all(pair is not None and pair["state"] == "succeeded" and
+               (pair["local"]["address"], pair["local"]["port"]) not in old for pair in pairs):
+            return _local_relays(call, pairs)
+        assert time.monotonic() < deadline, (pairs, old, call.ice_states())
+        time.sleep(0.2)
+
+
+def test_chromium_ice_restart_after_expire_allocations(
+    chromium_in_namespace: Chromium, namespaced_turn_servers: Callable[..., TurnServerFixture]
+) -> None:
+    server = namespaced_turn_servers()
+    with chromium_in_namespace.explained(), BrowserCall(chromium_in_namespace.browser, _ice_servers(server)) as call:
+        call.connect()
+        assert call.exchange(["before"]) == [["pong before"], ["ping before"]]
+        before = _local_relays(call)
+        assert set(before) <= _relayed(server), (before, server.events)
+
+        mark = len(server.events)
+        started = time.monotonic()
+        assert server.expire_allocations() == 2  # both users' allocations, as if their lifetime ran out
+        call.wait_for_ice(ICE_DOWN, DOWN_TIMEOUT_MS)  # the browsers notice: their checks go unanswered
+        noticed = time.monotonic() - started
+
+        offer, answer = call.restart_ice()  # the caller's restartIce(); the callee restarts on the new offer
+        for sdp in (offer, answer):
+            assert sdp_candidates(sdp) and all(" typ relay " in line for line in sdp_candidates(sdp)), sdp
+        call.wait_for_ice(ICE_UP)
+        after = _wait_for_new_pairs(call, before)
+        created = _relayed(server, mark)
+        assert len(created) >= 2 and set(after) <= created, (after, created)  # NEW allocations carry the call
+        assert call.exchange(["after"]) == [["pong before", "pong after"], ["ping before", "ping after"]]
+        print(f"ICE down {noticed:.1f} s after expire_allocations(); states {call.ice_states()}")
+
+
+def test_chromium_ice_restart_fails_over_to_the_second_server(
+    chromium_in_namespace: Chromium, namespaced_turn_servers: Callable[..., TurnServerFixture]
+) -> None:
+    primary = namespaced_turn_servers(TURN_ADDRESS)
+    backup = namespaced_turn_servers(ALT_STUN_ADDRESS)  # another address of the same host: another server
+    with chromium_in_namespace.explained(), BrowserCall(chromium_in_namespace.browser, _ice_servers(primary)) as call:
+        call.connect()
+        assert call.exchange(["before"]) == [["pong before"], ["ping before"]]
+        before = _local_relays(call)
+        assert {address for address, _ in before} == {TURN_ADDRESS}
+
+        primary.server.stop()  # the primary goes away (its allocations with it)
+        call.wait_for_ice(ICE_DOWN, DOWN_TIMEOUT_MS)
+        call.use_servers(_ice_servers(backup))  # setConfiguration() with the backup, then restart ICE
+        call.restart_ice()
+        call.wait_for_ice(ICE_UP)
+        after = _wait_for_new_pairs(call, before)
+        assert {address for address, _ in after} == {ALT_STUN_ADDRESS}
+        assert set(after) <= _relayed(backup) and len(_relayed(backup)) >= 2
+        assert call.exchange(["after"]) == [["pong before", "pong after"], ["ping before", "ping after"]]
