@@ -48,6 +48,6 @@ def namespaced_turn_servers(deployment: Deployment,
 
     def start(address: str = TURN_ADDRESS, **options: Any) -> TurnServerFixture:
         options = {"turn_address": address, "allowed_peer_addresses": (), **options}
-        return deployment.namespace.call(lambda: turn_servers(**options), READY_TIMEOUT)
+        return deployment.namespace.call(lambda: turn_servers(**options), READY_TIMEOUT + 5.0)
 
     return start
