@@ -17,6 +17,8 @@ from typing import Any
 
 from netns import Namespace, require_module, require_tool
 
+Address = tuple[str, int]
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; playwright never downloads a browser here
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,14 +40,6 @@ class Chromium:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         kept = [line for line in text.splitlines() if "turn_port.cc" in line and "Ignoring STUN" not in line]
         return "\n".join(kept[-lines:])
-
-    @contextlib.contextmanager
-    def explained(self) -> Iterator[None]:
-        """Any failure inside the block is re-raised with the tail of Chromium's WebRTC log."""
-        try:
-            yield
-        except Exception as error:
-            raise AssertionError(f"{error}\n--- Chromium's WebRTC log ---\n{self.webrtc_log()}") from None
 
 
 @contextlib.contextmanager
@@ -147,14 +141,16 @@ def sdp_candidates(sdp: str) -> list[str]:
 
 class BrowserCall:
     """Two users, each on a page of a browser context of its own, calling each other with relay-only ICE and a
-    data channel. The caller offers; the SDP goes through this object (the test is the signalling server)."""
+    data channel. The caller offers; the SDP goes through this object (the test is the signalling server).
+    Failures quote Chromium's WebRTC log."""
 
-    def __init__(self, browser: Any, ice_servers: Sequence[Sequence[dict[str, Any]]]) -> None:
+    def __init__(self, chromium: Chromium, ice_servers: Sequence[Sequence[dict[str, Any]]]) -> None:
+        self.chromium = chromium
         self.contexts: list[Any] = []
         self.pages: list[Any] = []
         try:
             for servers in ice_servers:
-                context = browser.new_context()  # nothing shared between the two users
+                context = chromium.browser.new_context()  # nothing shared between the two users
                 self.contexts.append(context)
                 page = context.new_page()
                 page.set_default_timeout(BROWSER_TIMEOUT_MS)
@@ -162,19 +158,28 @@ class BrowserCall:
                 page.evaluate("servers => call.start(servers)", list(servers))
                 self.pages.append(page)
         except BaseException:
-            self.close()
+            self.hang_up()
             raise
 
     def __enter__(self) -> BrowserCall:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self.hang_up()
 
-    def close(self) -> None:
+    def hang_up(self) -> None:
+        """Close both peer connections (each TURN client releases its allocation: Refresh, LIFETIME 0), then
+        the pages. Safe to call twice."""
+        for page in self.pages:
+            with contextlib.suppress(Exception):
+                page.evaluate("call.close()")
+        self.pages.clear()
         for context in self.contexts:
             context.close()
         self.contexts.clear()
+
+    def _failure(self, message: str) -> AssertionError:
+        return AssertionError(f"{message}\n--- Chromium's WebRTC log ---\n{self.chromium.webrtc_log()}")
 
     @property
     def caller(self) -> Any:
@@ -186,15 +191,15 @@ class BrowserCall:
 
     def connect(self) -> tuple[str, str]:
         """Offer, answer, and wait until the data channel is open on both sides; the two SDPs."""
-        offer = self.caller.evaluate("call.offer()")
-        answer = self.callee.evaluate("sdp => call.answer(sdp)", offer)
-        self.caller.evaluate("sdp => call.accept(sdp)", answer)
         try:
+            offer = self.caller.evaluate("call.offer()")
+            answer = self.callee.evaluate("sdp => call.answer(sdp)", offer)
+            self.caller.evaluate("sdp => call.accept(sdp)", answer)
             for page in self.pages:
                 page.wait_for_function("call.state.open")
         except Exception as error:
             errors = [page.evaluate("call.state.errors") for page in self.pages]
-            raise AssertionError(f"the data channel did not open: {error}; ICE candidate errors: {errors}") from None
+            raise self._failure(f"the data channel did not open: {error}; ICE candidate errors: {errors}") from None
         return offer, answer
 
     def restart_ice(self) -> tuple[str, str]:
@@ -216,22 +221,37 @@ class BrowserCall:
                 page.wait_for_function("states => states.includes(call.iceState())", arg=list(states),
                                        timeout=timeout_ms)
             except Exception as error:
-                history = [page.evaluate("call.state.iceStates") for page in self.pages]
-                raise AssertionError(f"ICE did not reach {list(states)}: {error}; ICE states: {history}") from None
+                raise self._failure(f"ICE did not reach {list(states)}: {error}; "
+                                    f"ICE states: {self.ice_states()}") from None
 
     def exchange(self, texts: Sequence[str]) -> list[list[str]]:
-        """The caller sends each text as 'ping <text>', the callee answers 'pong <text>'; what each page has
-        received since the call started, once both have the new messages."""
+        """The caller sends 'ping <text>' for each text, the callee 'pong <text>'; what each page received
+        (the caller's pongs, the callee's pings), once all of it arrived."""
         before = [len(page.evaluate("call.state.received")) for page in self.pages]
         for text in texts:
             self.caller.evaluate("t => call.send('ping ' + t)", text)
             self.callee.evaluate("t => call.send('pong ' + t)", text)
-        for page, count in zip(self.pages, before, strict=True):
-            page.wait_for_function(f"call.state.received.length >= {count + len(texts)}")
-        return [page.evaluate("call.state.received") for page in self.pages]
+        try:
+            for page, count in zip(self.pages, before, strict=True):
+                page.wait_for_function(f"call.state.received.length >= {count + len(texts)}")
+        except Exception as error:
+            raise self._failure(f"the messages did not arrive: {error}; ICE states: {self.ice_states()}") from None
+        return [page.evaluate("call.state.received")[count:] for page, count in zip(self.pages, before, strict=True)]
 
     def selected_pairs(self) -> list[dict[str, Any] | None]:
         return [page.evaluate("call.selectedPair()") for page in self.pages]
 
+    def relay_pairs(self, pairs: Sequence[dict[str, Any] | None] | None = None) -> list[tuple[Address, Address]]:
+        """(local, remote) relayed (address, port) of each page's selected pair, checked to be a working
+        relay/relay pair."""
+        found = []
+        for pair in self.selected_pairs() if pairs is None else pairs:
+            assert pair is not None and pair["state"] == "succeeded", pair
+            assert pair["local"]["type"] == pair["remote"]["type"] == "relay", pair
+            found.append(((pair["local"]["address"], pair["local"]["port"]),
+                          (pair["remote"]["address"], pair["remote"]["port"])))
+        return found
+
     def ice_states(self) -> list[list[str]]:
+        """Each page's iceConnectionState changes so far."""
         return [page.evaluate("call.state.iceStates") for page in self.pages]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from chromium import Chromium, chromium_in
 from handbook import Deployment, handbook_deployment
-from netns import READY_TIMEOUT, TURN_ADDRESS
+from netns import READY_TIMEOUT, TURN_ADDRESS, Namespace
 
 from pyturn.testing import TurnServerFactory, TurnServerFixture
 
@@ -27,9 +27,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory,
         yield built
 
 
+class Site(Protocol):
+    """What the Chromium fixture needs of a module's `deployment` (the handbook's, or a module's own)."""
+
+    namespace: Namespace
+
+
 @pytest.fixture(scope="module")
-def chromium_in_namespace(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
-    """Headless Chromium inside the deployment's namespace, one per test module."""
+def chromium_in_namespace(deployment: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """Headless Chromium (chromium.py) inside the deployment's namespace, one per test module."""
     with chromium_in(deployment.namespace, tmp_path_factory.mktemp("chromium")) as chromium:
         yield chromium
 

@@ -108,7 +108,7 @@ def test_aiortc_relay_only_call(deployment: Deployment, transport: str) -> None:
 
 # --------------------------------------------------------------------------------------------- Chromium
 def _browser_call(chromium: Chromium, transport: str) -> dict[str, Any]:
-    with chromium.explained(), BrowserCall(chromium.browser, [_ice_servers(u, transport) for u in USERS]) as call:
+    with BrowserCall(chromium, [_ice_servers(username, transport) for username in USERS]) as call:
         offer, answer = call.connect()
         received = call.exchange([str(number) for number in range(MESSAGES)])
         return {"received": received, "pairs": call.selected_pairs(), "offer": offer, "answer": answer}
