@@ -9,16 +9,20 @@ interfaces, so a server on 127.0.0.1 would get no request from it.
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from chromium import ICE_DOWN, ICE_UP, Address, BrowserCall, Chromium, sdp_candidates
-from netns import ALT_STUN_ADDRESS, TURN_ADDRESS
+from handbook import Deployment
+from netns import ALT_STUN_ADDRESS, TURN_ADDRESS, udp_binding
 
 from pyturn import AllocationCreated
 from pyturn.testing import TurnServerFixture
+from pyturn.wire.message import Attr
 
 pytestmark = pytest.mark.deploy
 
@@ -51,6 +55,21 @@ def _wait_for_new_pairs(call: BrowserCall, old: list[Address]) -> list[Address]:
             return [local for local, _ in call.relay_pairs(pairs)]
         assert time.monotonic() < deadline, (pairs, old, call.ice_states())
         time.sleep(0.2)
+
+
+def test_namespaced_turn_servers_serve_inside_the_namespace(
+    deployment: Deployment, namespaced_turn_servers: Callable[..., TurnServerFixture]
+) -> None:
+    server = namespaced_turn_servers()
+    ((host, port),) = server.addresses["udp"]
+    assert host == TURN_ADDRESS
+    with deployment.namespace.socket() as probe:
+        answer = udp_binding(probe, (host, port), 2.0)
+    assert answer is not None and answer.get(Attr.XOR_MAPPED_ADDRESS)[0] == TURN_ADDRESS
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as outside, pytest.raises(OSError) as refused:
+        outside.bind((TURN_ADDRESS, 0))  # the host's own namespace has no such address: the server's is the netns
+    assert refused.value.errno == errno.EADDRNOTAVAIL
+    assert server.allocation_count() == 0 and server.expire_allocations() == 0  # steered from this thread
 
 
 def test_chromium_ice_restart_after_expire_allocations(
