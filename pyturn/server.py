@@ -739,6 +739,7 @@ class Server:
                 stream.close()
             for relay in list(self._runtime.relays):
                 relay.close()
+            self._runtime.tcp.close_all()
             self._runtime.close_reserved()
         for server in self._streams:
             try:

@@ -52,6 +52,7 @@ from pyturn.core.refresh import refresh
 from pyturn.core.reservations import Reservation, release_reservation, reserve
 from pyturn.core.routes import RouteTable
 from pyturn.core.stats import MALFORMED, RATE_LIMITED, CoreStats
+from pyturn.core.tcp_relay import TcpRelays, connect, connection_bind
 from pyturn.core.timers import DeadlineHeap, DeadlineKind
 from pyturn.core.transactions import error_response_for, reply, success_response, unknown_attributes_response
 from pyturn.errors import StunDecodeError, TurnError
@@ -83,6 +84,8 @@ _HANDLERS: dict[int, Handler] = {
     Method.REFRESH: refresh,
     Method.CREATE_PERMISSION: create_permission,
     Method.CHANNEL_BIND: channel_bind,
+    Method.CONNECT: connect,
+    Method.CONNECTION_BIND: connection_bind,
 }
 
 
@@ -134,6 +137,7 @@ class TurnServerCore:
         self._limiter = SourceLimiter(rate) if rate > 0 else None
         self.stats = CoreStats()  # read by pyturn.net.metrics at scrape time
         self.faults = FailureInjector()  # test rigs: errors injected after authentication (Server.fail_next)
+        self.tcp_relays = TcpRelays(self)  # RFC 6062 data connections (pyturn.core.tcp_relay)
 
     # ------------------------------------------------------------------------------------------ set-up
     def set_user_lookup(self, users: UserLookup) -> None:
@@ -259,6 +263,7 @@ class TurnServerCore:
             expires=now + pending.lifetime,
             dont_fragment=pending.dont_fragment,
             reserved_port=bound[1] + 1 if pending.reserve_next else None,
+            tcp=pending.tcp,
         )
         self._allocations[five_tuple] = allocation
         self._by_handle[handle] = allocation
@@ -327,7 +332,7 @@ class TurnServerCore:
         """A TCP/TLS client went away: its allocation dies with it (RFC 8656 §7)."""
         allocation = self._allocations.get(five_tuple)
         if allocation is None:
-            return []
+            return self.tcp_relays.client_closed(five_tuple)  # a client data connection, if any (RFC 6062)
         return self._delete(allocation, "closed")
 
     def tick(self, now: float) -> list[Action]:
@@ -356,6 +361,8 @@ class TurnServerCore:
                 self._expire_peers(allocation, now)
         if self._limiter is not None:
             self._limiter.prune(now)
+        if self.tcp_relays.by_id:
+            actions.extend(self.tcp_relays.tick(now))
         return actions
 
     def _expire_peers(self, allocation: Allocation, now: float) -> None:
@@ -455,11 +462,13 @@ class TurnServerCore:
         if handler is None:
             return self._refuse(request, five_tuple, TurnError(400, "Bad Request"))
         allocation = self._allocations.get(five_tuple)
+        # Allocate and RFC 6062 §5.4 ConnectionBind (on a new data connection) come from 5-tuples without one.
+        needs_allocation = method != Method.ALLOCATE and method != Method.CONNECTION_BIND
         if request.invalid_attributes and (
-            request.integrity_offset is None or (allocation is None and method != Method.ALLOCATE)
+            request.integrity_offset is None or (allocation is None and needs_allocation)
         ):
             return []  # unauthenticated and malformed: dropped, as a message that does not parse (RFC 8489 §6.3)
-        if allocation is None and method != Method.ALLOCATE:
+        if allocation is None and needs_allocation:
             # RFC 8656 §7.3, §9.2, §11.2: no allocation on this 5-tuple -> 437. Answered before credentials are
             # looked at: nothing is protected here, and the short answer keeps amplification low.
             return self._refuse(request, five_tuple, TurnError(437, "Allocation Mismatch"))
@@ -564,7 +573,9 @@ class TurnServerCore:
         allocation.permissions.clear()
         allocation.responses.clear()
         deleted = AllocationDeleted(five_tuple, allocation.username, allocation.relayed, reason)
-        return [CloseRelay(handle), *released, deleted]
+        # RFC 6062 §5.5: the data connections of a TCP allocation close with it.
+        closed = self.tcp_relays.allocation_deleted(allocation) if allocation.tcp else []
+        return [*closed, CloseRelay(handle), *released, deleted]
 
 
 

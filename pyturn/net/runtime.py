@@ -14,9 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pyturn.core.actions import (
+    AcceptPeer,
     Action,
+    BindDataConnection,
+    ClosePeerConnection,
     CloseRelay,
+    ConnectPeer,
     OpenRelay,
+    RefusePeer,
     RelayFailure,
     ReleasePort,
     SendFrom,
@@ -40,12 +45,14 @@ from pyturn.net.sockets import (
     set_dont_fragment,
 )
 from pyturn.net.stream import StreamConnection
+from pyturn.net.tcp_relay import TcpRelayAdapter
 from pyturn.net.udp import UdpListener
 from pyturn.wire.message import Address
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[Any], None]
+_TCP_RELAY_ACTIONS = frozenset((BindDataConnection, ClosePeerConnection, ConnectPeer, AcceptPeer, RefusePeer))
 
 def _log_lifecycle(event: AllocationCreated | AllocationDeleted) -> None:
     """The allocation lifecycle lines of the server log, written from the core's events."""
@@ -67,6 +74,7 @@ class Runtime:
         self.udp_listeners: dict[Address, UdpListener] = {}
         self.streams: dict[FiveTuple, StreamConnection] = {}
         self.relays: set[RelayEndpoint] = set()
+        self.tcp = TcpRelayAdapter(self)  # RFC 6062 relayed addresses and peer connections (pyturn.net.tcp_relay)
         # Relayed datagrams and bytes by client transport, added once per wake-up by the relay loops.
         self.relayed_to_peer = {kind: RelayCounter() for kind in Transport}
         self.relayed_to_client = {kind: RelayCounter() for kind in Transport}
@@ -107,7 +115,7 @@ class Runtime:
 
     def _sockets_exhausted(self) -> bool:
         return bool(self.socket_budget) and (
-            len(self.streams) + len(self.relays) + len(self.reserved) >= self.socket_budget
+            len(self.streams) + len(self.relays) + len(self.reserved) + self.tcp.sockets >= self.socket_budget
         )
 
     def now(self) -> float:
@@ -152,6 +160,8 @@ class Runtime:
                 closing.close()
             elif kind is ReleasePort:
                 self.release_reserved(action.family, action.port)  # type: ignore[union-attr]
+            elif kind in _TCP_RELAY_ACTIONS:
+                self.tcp.perform(action)  # type: ignore[arg-type]
             elif kind is SendFrom:
                 listener = self.udp_listeners.get(action.source)  # type: ignore[union-attr]
                 if listener is not None:
@@ -205,6 +215,8 @@ class Runtime:
         return RelayFailure.OTHER
 
     def _bind_relay(self, action: OpenRelay) -> list[Action]:
+        if action.tcp:
+            return self.tcp.open_listener(action)
         five_tuple = action.five_tuple
         family = socket.AF_INET6 if action.family == 2 else socket.AF_INET
         now = self.now()
