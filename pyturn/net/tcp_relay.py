@@ -184,6 +184,9 @@ class PeerLink(asyncio.Protocol):
         stream.pipe = self
         client.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         peer.resume_reading()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("tcp relay connection %08x joined: client %s <-> peer %s", self.connection_id,
+                      stream.five_tuple.client if stream.five_tuple else "?", peer.get_extra_info("peername"))
 
     def from_client(self, data: bytes) -> None:
         peer = self.transport
