@@ -9,6 +9,7 @@ that carries its bytes. The adapter owns both sockets; this module decides when 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from pyturn.wire.codec import encode_message
 from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 if TYPE_CHECKING:
-    from pyturn.core.dispatch import TurnServerCore
+    from pyturn.core.state import CoreState
 
 TCP_PROTOCOL = 6  # RFC 6062 §6.1: REQUESTED-TRANSPORT value for TCP
 CONNECT_TIMEOUT = 30.0  # RFC 6062 §5.2: a connect attempt is given at least 30 s before 447
@@ -68,8 +69,9 @@ def check_tcp_allocate(request: Message, five_tuple: FiveTuple) -> None:
 class TcpRelays:
     """The data connections of every TCP allocation of one core, by connection id, client stream and allocation."""
 
-    def __init__(self, core: TurnServerCore) -> None:
-        self._core = core
+    def __init__(self, state: CoreState, randbytes: Callable[[int], bytes]) -> None:
+        self._state = state
+        self._randbytes = randbytes
         self.by_id: dict[int, DataConnection] = {}
         self.by_client: dict[FiveTuple, DataConnection] = {}
         self._per_allocation: dict[Allocation, dict[int, DataConnection]] = {}
@@ -94,7 +96,7 @@ class TcpRelays:
             raise TurnError(446, "Connection Already Exists")
         # §5.2 "forbidden by local policy" -> 403: the peer policy, every spelling (docs/security.md "Peer
         # policy"), and, as for UDP, a permission for the peer's IP (RFC 8656 §9).
-        check_peer(self._core, allocation, peer, port=peer[1])
+        check_peer(self._state, allocation, peer, port=peer[1])
         if not allocation.has_permission(peer[0], now):
             raise TurnError(403, "Forbidden")
         if not self._has_room(allocation):
@@ -119,14 +121,14 @@ class TcpRelays:
         connection.client = five_tuple
         self.by_client[five_tuple] = connection
         return [
-            reply(self._core, request, success_response(request), five_tuple, credentials.key),
+            reply(self._state, request, success_response(request), five_tuple, credentials.key),
             BindDataConnection(connection.connection_id, five_tuple),
         ]
 
     # ------------------------------------------------------------------------------ what the adapter reports
     def peer_connected(self, connection_id: int, now: float) -> list[Action]:
         """The connection a ConnectPeer asked for is up: answer the Connect with its CONNECTION-ID (§5.2)."""
-        self._core._now = now
+        self._state.now = now
         connection = self.by_id.get(connection_id)
         if connection is None or connection.phase is not Phase.CONNECTING or connection.connect is None:
             return [ClosePeerConnection(connection_id)]  # timed out or its allocation went meanwhile
@@ -136,11 +138,11 @@ class TcpRelays:
         allocation = connection.allocation
         response = success_response(request)
         response.add(Attr.CONNECTION_ID, connection_id)
-        return [reply(self._core, request, response, allocation.five_tuple, allocation.key)]
+        return [reply(self._state, request, response, allocation.five_tuple, allocation.key)]
 
     def peer_connect_failed(self, connection_id: int, now: float) -> list[Action]:
         """The connect was refused or failed: 447 (§5.2)."""
-        self._core._now = now
+        self._state.now = now
         connection = self.by_id.get(connection_id)
         if connection is None or connection.phase is not Phase.CONNECTING:
             return []
@@ -148,18 +150,18 @@ class TcpRelays:
 
     def peer_accepted(self, handle: Any, accepted: Any, peer: Address, now: float) -> list[Action]:
         """A peer connected to the relayed address of relay `handle` (§5.3); `accepted` is the adapter's socket."""
-        core = self._core
-        allocation = core.allocation_for_handle(handle)
+        state = self._state
+        allocation = state.by_handle.get(handle)
         if allocation is None or not allocation.tcp:
             return [RefusePeer(accepted)]
         # §5.3: no permission for this peer -> closed at once; the peer policy applies as on every other path
         # (a permission for one of the server's own IPs admits only other relays).
-        if not allocation.has_permission(peer[0], now) or not core.policy.allows(peer[0], peer[1]):
+        if not allocation.has_permission(peer[0], now) or not state.policy.allows(peer[0], peer[1]):
             return [RefusePeer(accepted)]
         if not self._has_room(allocation):
             return [RefusePeer(accepted)]  # docs/security.md "TCP relays"
         connection = self._add(allocation, peer, Phase.PENDING, now + BIND_TIMEOUT)
-        indication = Message(Method.CONNECTION_ATTEMPT, MessageClass.INDICATION, core._randbytes(12))
+        indication = Message(Method.CONNECTION_ATTEMPT, MessageClass.INDICATION, self._randbytes(12))
         indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.CONNECTION_ID, connection.connection_id)
         return [
             AcceptPeer(connection.connection_id, handle, accepted),
@@ -212,7 +214,7 @@ class TcpRelays:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _has_room(self, allocation: Allocation) -> bool:
-        config = self._core.config
+        config = self._state.config
         total, per_allocation = config.max_tcp_relay_connections, config.max_tcp_relay_connections_per_allocation
         if total and len(self.by_id) >= total:
             return False
@@ -220,7 +222,7 @@ class TcpRelays:
 
     def _new_id(self) -> int:
         # §5.2: the id must identify the connection uniquely; random, so one client cannot guess another's.
-        randbytes = self._core._randbytes
+        randbytes = self._randbytes
         while True:
             connection_id = int.from_bytes(randbytes(4), "big")
             if connection_id not in self.by_id:
@@ -256,16 +258,16 @@ class TcpRelays:
             return []
         allocation = connection.allocation
         response = error_response_for(request, TurnError(447, "Connection Timeout or Failure"))
-        return [reply(self._core, request, response, allocation.five_tuple, allocation.key)]
+        return [reply(self._state, request, response, allocation.five_tuple, allocation.key)]
 
 
-def connect(core: TurnServerCore, request: Message, five_tuple: FiveTuple, credentials: Credentials,
+def connect(state: CoreState, request: Message, five_tuple: FiveTuple, credentials: Credentials,
             allocation: Allocation | None, now: float) -> list[Action]:
     """The Connect handler (RFC 6062 §5.2) in the dispatcher's table."""
-    return core.tcp_relays.connect(request, five_tuple, credentials, allocation, now)
+    return state.tcp_relays.connect(request, five_tuple, credentials, allocation, now)
 
 
-def connection_bind(core: TurnServerCore, request: Message, five_tuple: FiveTuple, credentials: Credentials,
+def connection_bind(state: CoreState, request: Message, five_tuple: FiveTuple, credentials: Credentials,
                     allocation: Allocation | None, now: float) -> list[Action]:
     """The ConnectionBind handler (RFC 6062 §5.4) in the dispatcher's table."""
-    return core.tcp_relays.connection_bind(request, five_tuple, credentials, allocation, now)
+    return state.tcp_relays.connection_bind(request, five_tuple, credentials, allocation, now)

@@ -113,7 +113,7 @@ class Runtime:
         """Relay sockets refused so far (out of descriptors or the socket budget)."""
         return self._relay_refusals.total
 
-    def _sockets_exhausted(self) -> bool:
+    def sockets_exhausted(self) -> bool:
         return bool(self.socket_budget) and (
             len(self.streams) + len(self.relays) + len(self.reserved) + self.tcp.sockets >= self.socket_budget
         )
@@ -127,7 +127,7 @@ class Runtime:
         if (
             (self.max_streams and len(self.streams) >= self.max_streams)
             or (self.max_streams_per_source and count >= self.max_streams_per_source)
-            or self._sockets_exhausted()
+            or self.sockets_exhausted()
         ):
             self._stream_refusals.note(self.now())
             return False
@@ -203,7 +203,7 @@ class Runtime:
                 else:
                     self.dispatch([action])
 
-    def _relay_failure(self, error: OSError, host: str, port: int, now: float) -> RelayFailure:
+    def relay_failure(self, error: OSError, host: str, port: int, now: float) -> RelayFailure:
         if error.errno == errno.EADDRINUSE:
             return RelayFailure.PORT_IN_USE
         if error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.ENETUNREACH):
@@ -215,16 +215,16 @@ class Runtime:
         return RelayFailure.OTHER
 
     def _bind_relay(self, action: OpenRelay) -> list[Action]:
-        if action.tcp:
-            return self.tcp.open_listener(action)
         five_tuple = action.five_tuple
         family = socket.AF_INET6 if action.family == 2 else socket.AF_INET
         now = self.now()
         core = self.core
         held = self.reserved.pop((action.family, action.port), None) if action.reserved else None
-        if held is None and self._sockets_exhausted():
+        if held is None and self.sockets_exhausted():
             self._relay_refusals.note(now)  # 508 rather than EMFILE later on an accept or a log file
             return core.relay_failed(action.token, RelayFailure.OTHER, now)
+        if action.tcp:
+            return self.tcp.open_listener(action, now)  # RFC 6062 (never reserved)
         host = action.host
         try:
             if held is not None and not self.share_reserved_ports:
@@ -243,7 +243,7 @@ class Runtime:
                 # SO_REUSEPORT group takes the port over (see _hold_reserved).
                 sock = bind_udp(host, action.port, reuse_port=action.reserved and self.share_reserved_ports)
         except OSError as error:
-            return core.relay_failed(action.token, self._relay_failure(error, host, action.port, now), now)
+            return core.relay_failed(action.token, self.relay_failure(error, host, action.port, now), now)
         finally:
             if held is not None:
                 held.close()  # our own placeholder: the relay socket has joined its group (or could not)
@@ -254,7 +254,7 @@ class Runtime:
                                                                                       action.port + 1)
             except OSError as error:
                 sock.close()
-                failure = self._relay_failure(error, host, action.port + 1, now)
+                failure = self.relay_failure(error, host, action.port + 1, now)
                 return core.relay_failed(action.token, failure, now, port=action.port + 1)
         if action.dont_fragment and not set_dont_fragment(sock, family):
             sock.close()

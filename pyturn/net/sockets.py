@@ -35,6 +35,15 @@ def is_wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
 
 
+def uri_host(host: str) -> str:
+    """RFC 7065 §3.1 host: IPv6 literals in brackets; a wildcard bind is reached through loopback."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def local_address_towards(family: int, destination: Address) -> str:
     """The local IP the kernel would use to reach `destination` (a connect() on UDP sends nothing)."""
     with socket.socket(family, socket.SOCK_DGRAM) as probe:

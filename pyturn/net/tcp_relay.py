@@ -24,7 +24,6 @@ from pyturn.core.actions import (
     ConnectPeer,
     OpenRelay,
     RefusePeer,
-    RelayFailure,
     TcpRelayAction,
 )
 from pyturn.core.allocation import FiveTuple
@@ -75,7 +74,7 @@ class TcpRelayListener:
             except OSError as error:
                 self._pause_accepting(error)
                 return
-            if runtime._sockets_exhausted():
+            if runtime.sockets_exhausted():
                 _refuse(accepted)
                 continue
             try:
@@ -246,13 +245,10 @@ class TcpRelayAdapter:
         """Descriptors held (counted in the Runtime's socket budget)."""
         return len(self.listeners) + len(self.links)
 
-    def open_listener(self, action: OpenRelay) -> list[Action]:
-        """RFC 6062 §5.1: bind and listen on the relayed address; answer the core as for a UDP relay."""
+    def open_listener(self, action: OpenRelay, now: float) -> list[Action]:
+        """RFC 6062 §5.1: bind and listen on the relayed address; answer the core as for a UDP relay (the Runtime
+        checked the socket budget)."""
         runtime, core = self.runtime, self.runtime.core
-        now = runtime.now()
-        if runtime._sockets_exhausted():
-            runtime._relay_refusals.note(now)
-            return core.relay_failed(action.token, RelayFailure.OTHER, now)
         family = socket.AF_INET6 if action.family == 2 else socket.AF_INET
         host = action.host
         try:
@@ -262,7 +258,7 @@ class TcpRelayAdapter:
                 host = local_address_towards(family, towards)
             sock = bind_stream(host, action.port, reuse_port=True, backlog=ACCEPT_BACKLOG)
         except OSError as error:
-            return core.relay_failed(action.token, runtime._relay_failure(error, host, action.port, now), now)
+            return core.relay_failed(action.token, runtime.relay_failure(error, host, action.port, now), now)
         listener = TcpRelayListener(self, sock, action.five_tuple)
         self.listeners.add(listener)
         return core.relay_opened(action.token, listener, listener.address, now)

@@ -166,8 +166,8 @@ def test_core_allocate_error_codes(attrs: list[tuple[int, Any]], code: int) -> N
     assert verify_integrity(response, client.key)
     assert not result.of(OpenRelay)
     assert not harness.core.allocations
-    assert not harness.core._pending
-    assert harness.core._ports.in_use == 0
+    assert not harness.core.state.pending
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_second_allocate_on_same_five_tuple_gets_437() -> None:
@@ -262,7 +262,7 @@ def test_core_allocate_new_transaction_while_relay_pending_gets_437() -> None:
     client = harness.client()
     client.allocate()
     assert client.allocate().error_code == 437
-    assert len(harness.core._pending) == 1
+    assert len(harness.core.state.pending) == 1
 
 
 # ---------------------------------------------------------------------------------- EVEN-PORT / tokens
@@ -339,10 +339,10 @@ def test_core_allocate_reservation_expires_after_thirty_seconds() -> None:
     token = result.response.get(Attr.RESERVATION_TOKEN)
     harness.advance(29.9)
     harness.tick()
-    assert harness.core._ports.in_use == 2
+    assert harness.core.ports.in_use == 2
     harness.advance(0.1)
     harness.tick()
-    assert harness.core._ports.in_use == 1  # the reserved port went back to the pool
+    assert harness.core.ports.in_use == 1  # the reserved port went back to the pool
     late = harness.client("bob", client=("203.0.113.20", 5555))
     assert late.allocate((Attr.RESERVATION_TOKEN, token)).error_code == 508
     # and the freed odd port can now be allocated normally
@@ -363,15 +363,15 @@ def test_core_allocate_deleting_the_even_allocation_frees_its_reservation() -> N
     first = harness.client()
     token = first.allocate((Attr.EVEN_PORT, True)).response.get(Attr.RESERVATION_TOKEN)
     first.refresh(0)
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
     late = harness.client("bob", client=("203.0.113.20", 5555))
     assert late.allocate((Attr.RESERVATION_TOKEN, token)).error_code == 508
 
 
 def test_core_allocate_even_port_reservation_needs_a_free_pair() -> None:
     harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50003))
-    harness.core._ports.claim(50001)  # as if held by other allocations
-    harness.core._ports.claim(50003)
+    harness.core.ports.claim(50001)  # as if held by other allocations
+    harness.core.ports.claim(50003)
     assert harness.client().allocate((Attr.EVEN_PORT, True)).error_code == 508
     result = harness.client(client=("203.0.113.30", 1)).allocate((Attr.EVEN_PORT, False))
     assert relayed_port(result) in (50000, 50002)
@@ -417,8 +417,8 @@ def test_core_allocate_port_in_use_everywhere_gets_508() -> None:
     assert sorted(action.port for action in result.of(OpenRelay)) == [50000, 50001, 50002, 50003]
     assert verify_integrity(result.response, client.key)
     assert result.response.get(Attr.XOR_MAPPED_ADDRESS) == CLIENT
-    assert not harness.core._pending
-    assert harness.core._ports.in_use == 0
+    assert not harness.core.state.pending
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_busy_ports_are_tried_again_later() -> None:
@@ -447,7 +447,7 @@ def test_core_allocate_even_port_pairs_skip_pairs_whose_odd_port_is_in_use() -> 
     result = harness.client().allocate((Attr.EVEN_PORT, True))
     assert result.response.msg_class is MessageClass.SUCCESS
     assert relayed_port(result) == 50006
-    assert harness.core.allocations and harness.core._ports.in_use == 2
+    assert harness.core.allocations and harness.core.ports.in_use == 2
     assert harness.client(client=("203.0.113.30", 1)).allocate((Attr.EVEN_PORT, False)).error_code is None
 
 
@@ -457,7 +457,7 @@ def test_core_allocate_even_port_pairs_all_blocked_gets_508() -> None:
     result = harness.client().allocate((Attr.EVEN_PORT, True))
     assert result.error_code == 508
     assert sorted(action.port for action in result.of(OpenRelay)) == [50000, 50002, 50004, 50006]
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_reservation_release_and_expiry_tell_the_adapter() -> None:
@@ -494,16 +494,16 @@ def test_core_allocate_relay_failure_codes(failure: RelayFailure, code: int) -> 
     result = Result(harness.core.relay_failed(open_relay.token, failure, harness.now))
     assert result.error_code == code
     assert verify_integrity(result.response, client.key)
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
     assert not harness.core.allocations
 
 
 def test_core_allocate_relay_failure_with_reservation_releases_both_ports() -> None:
     harness = Harness(auto_open=False)
     open_relay = harness.client().allocate((Attr.EVEN_PORT, True)).one(OpenRelay)
-    assert harness.core._ports.in_use == 2
+    assert harness.core.ports.in_use == 2
     harness.core.relay_failed(open_relay.token, RelayFailure.OTHER, harness.now)
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_ports_are_not_sequential() -> None:
@@ -758,7 +758,7 @@ def test_core_allocate_expires_exactly_at_its_lifetime(lifetime: int) -> None:
     assert result.one(CloseRelay) == CloseRelay(handle)
     assert result.one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "alice", relayed, "expired")
     assert not harness.core.allocations
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
     assert harness.tick().actions == []  # deleted once
 
 

@@ -21,11 +21,11 @@ UDP_TUPLE = FiveTuple(Transport.UDP, CLIENT, SERVER)
 def core_state(harness: Harness) -> tuple[Any, ...]:
     core = harness.core
     return (
-        dict(core._pending),
+        dict(core.state.pending),
         dict(core.allocations),
-        len(core._deadlines),
-        dict(core._reservations),
-        core._ports.in_use,
+        len(core.state.deadlines),
+        dict(core.state.reservations),
+        core.ports.in_use,
     )
 
 

@@ -423,7 +423,7 @@ async def test_tls_reload_with_context_given_in_code(
 async def test_tls_silent_handshake_is_dropped(
     server_files: ServerFiles, loopback_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pyturn.server.HANDSHAKE_TIMEOUT", 0.3)
+    monkeypatch.setattr("pyturn.net.listeners.HANDSHAKE_TIMEOUT", 0.3)
     config = tls_config(loopback_config, server_files, tcp_auth_timeout=0)
     async with Server(config, users={USERNAME: PASSWORD}) as server:
         host, port = server.addresses["tls"][0]

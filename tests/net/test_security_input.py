@@ -217,7 +217,7 @@ def assert_no_state(server: Server) -> None:
     core = server.core
     assert core is not None
     assert server.allocation_count() == 0
-    assert not core._pending
+    assert not core.state.pending
     assert all(not table for table in core.route_table.listeners())
 
 
