@@ -269,7 +269,7 @@ async def test_half_open_data_connection_is_closed(loopback_config: Config) -> N
 
 
 # --------------------------------------------------------------------------------- allocation end
-@pytest.mark.parametrize("how", ["refresh-0", "control-closed"])
+@pytest.mark.parametrize("how", ["refresh-0", "control-closed", "expired"])
 async def test_allocation_end_closes_data_connections(how: str, loopback_config: Config, echo_peer: Address) -> None:
     async with Server(loopback_config, users={USERNAME: PASSWORD}) as server:
         client, relayed = await control(server, echo_peer, (LOOPBACK, 0))
@@ -281,6 +281,8 @@ async def test_allocation_end_closes_data_connections(how: str, loopback_config:
         assert links(server) == 2
         if how == "refresh-0":
             await client.request(Method.REFRESH, (Attr.LIFETIME, 0))
+        elif how == "expired":
+            assert server.expire_allocations() == 1  # as if the lifetime had run out (docs/testing.md)
         else:
             await client.close()
         assert await ends(reader)
