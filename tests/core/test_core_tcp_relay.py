@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from turnclient import PEER, Harness, Result, TurnClient, build, make_config
 
 from pyturn.core.actions import (
@@ -419,3 +421,61 @@ def test_data_connection_closed_closes_peer_connection_and_back() -> None:
     second = connected(harness, client, PEER2)
     assert harness.core.tcp_relays.peer_closed(second, harness.now) == [ClosePeerConnection(second)]
     assert len(harness.core.tcp_relays) == 0
+
+
+# ------------------------------------------------------------------------------ any order of events
+_STEPS = st.lists(st.tuples(
+    st.sampled_from(["connect", "connected", "failed", "accept", "bind", "peer-closed", "data-closed", "tick",
+                     "refresh-0", "control-closed", "reallocate"]),
+    st.integers(0, 3),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=_STEPS)
+def test_any_order_of_events_keeps_the_tables_consistent(steps: list[tuple[str, int]]) -> None:
+    """Whatever the adapter reports in whatever order, the core's tables agree with each other, every connection
+    belongs to a live TCP allocation, and nothing is left once the allocation is gone."""
+    harness = Harness(config=make_config(max_tcp_relay_connections_per_allocation=3))
+    peers = [(PEER[0], 5000 + n) for n in range(4)]
+    client = tcp_allocation(harness, PEER)
+    relays = harness.core.tcp_relays
+    known: list[int] = []
+    data_port = 41000
+    for step, n in steps:
+        if client.five_tuple not in harness.core.allocations:
+            if step != "reallocate":
+                continue
+            client = tcp_allocation(harness, PEER)
+        if step == "connect":
+            known += [a.connection_id for a in connect(client, peers[n]).of(ConnectPeer)]
+        elif step == "accept":
+            known += [a.connection_id for a in accepted(harness, client, peers[n]).of(AcceptPeer)]
+        elif known:
+            connection_id = known[n % len(known)]
+            if step == "connected":
+                relays.peer_connected(connection_id, harness.now)
+            elif step == "failed":
+                relays.peer_connect_failed(connection_id, harness.now)
+            elif step == "bind":
+                data_port += 1
+                bind(harness, connection_id, client=(DATA[0], data_port))
+            elif step == "peer-closed":
+                relays.peer_closed(connection_id, harness.now)
+            elif step == "data-closed":
+                for five_tuple, connection in list(relays.by_client.items()):
+                    if connection.connection_id == connection_id:
+                        harness.core.connection_closed(five_tuple, harness.now)
+        if step == "tick":
+            tick_at(harness, 15.0)
+        elif step == "refresh-0":
+            client.refresh(0)
+        elif step == "control-closed":
+            harness.core.connection_closed(client.five_tuple, harness.now)
+        live = set(harness.core.allocations.values())
+        assert all(connection.allocation in live and connection.allocation.tcp for connection in relays.by_id.values())
+        assert all(relays.by_id.get(c.connection_id) is c for c in relays.by_client.values())
+        assert len(relays.by_client) == sum(1 for c in relays.by_id.values() if c.client is not None)
+        assert len(relays) <= 3
+    harness.core.close_all()
+    assert len(relays) == 0 and not relays.by_client

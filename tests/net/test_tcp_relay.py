@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 from certs import CertificateAuthority, make_ca, write_server_files
-from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient, TurnRequestFailed, free_port, wait_until
+from interop import (
+    LOOPBACK,
+    LOOPBACK_V6,
+    PASSWORD,
+    USERNAME,
+    MiniTurnClient,
+    TurnRequestFailed,
+    free_port,
+    has_ipv6,
+    wait_until,
+)
 from streamclient import StreamTurnClient, bind_data_connection
 from turnsession import error_code
 
@@ -31,9 +41,10 @@ CONNECTION_ATTEMPT = 0x000C  # RFC 6062 §6.1
 
 # ------------------------------------------------------------------------------------------- helpers
 class EchoPeer:
-    """A TCP peer on 127.0.0.1 that echoes (or, with `hold`, reads nothing until released)."""
+    """A TCP peer on 127.0.0.1 (or `host`) that echoes (or, with `hold`, reads nothing until released)."""
 
-    def __init__(self, *, hold: bool = False) -> None:
+    def __init__(self, *, hold: bool = False, host: str = LOOPBACK) -> None:
+        self.host = host
         self.hold = asyncio.Event()
         if not hold:
             self.hold.set()
@@ -41,7 +52,7 @@ class EchoPeer:
         self.connections = 0
 
     async def start(self) -> Address:
-        self.server = await asyncio.start_server(self._serve, LOOPBACK, 0)
+        self.server = await asyncio.start_server(self._serve, self.host, 0)
         address = self.server.sockets[0].getsockname()
         return (address[0], address[1])
 
@@ -142,6 +153,28 @@ async def test_connect_relays_bytes_both_ways(
             writer.close()
             await client.close()
         await wait_until(lambda: links(server) == 0)
+
+
+@pytest.mark.requires(has_ipv6(), "this host has no IPv6 loopback")
+async def test_connect_over_ipv6_relay(loopback_config: Config) -> None:
+    # RFC 6156 with RFC 6062: an IPv6 TCP relayed address asked for over an IPv4 control connection.
+    peer = EchoPeer(host=LOOPBACK_V6)
+    peer_address = await peer.start()
+    config = loopback_config.replace(relay_v6_address=LOOPBACK_V6)
+    async with Server(config, users={USERNAME: PASSWORD}) as server:
+        client = await StreamTurnClient.connect(server.addresses["tcp"][0])
+        try:
+            relayed = await client.allocate_tcp((Attr.REQUESTED_ADDRESS_FAMILY, 2))
+            assert relayed[0] == LOOPBACK_V6
+            await client.create_permission(peer_address)
+            connection_id = await client.connect_peer(peer_address)
+            reader, writer = await client.data_connection(server.addresses["tcp"][0], connection_id)
+            payload = os.urandom(100_000)
+            assert await exchange(reader, writer, payload) == payload
+            writer.close()
+        finally:
+            await client.close()
+    peer.close()
 
 
 async def test_connect_to_closed_port_gets_447(loopback_config: Config) -> None:
