@@ -255,15 +255,14 @@ class TurnServerCore:
         if handler is None:
             return refuse(state, request, five_tuple, TurnError(400, "Bad Request"))
         allocation = state.allocations.get(five_tuple)
-        # Allocate and RFC 6062 §5.4 ConnectionBind (on a new data connection) come from 5-tuples without one.
-        needs_allocation = method != Method.ALLOCATE and method != Method.CONNECTION_BIND
-        if request.invalid_attributes and (
-            request.integrity_offset is None or (allocation is None and needs_allocation)
-        ):
+        if request.invalid_attributes and request.integrity_offset is None:
             return []  # unauthenticated and malformed: dropped, as a message that does not parse (RFC 8489 §6.3)
-        if allocation is None and needs_allocation:
-            # RFC 8656 §7.3, §9.2, §11.2: no allocation on this 5-tuple -> 437. Answered before credentials are
-            # looked at: nothing is protected here, and the short answer keeps amplification low.
+        # RFC 8656 §5, §7.3, §9.2, §11.2: 437. Allocate and RFC 6062 §5.4 ConnectionBind (on a new data
+        # connection) come from 5-tuples without an allocation.
+        mismatch = allocation is None and method != Method.ALLOCATE and method != Method.CONNECTION_BIND
+        if mismatch and request.integrity_offset is None:
+            # Without MESSAGE-INTEGRITY: the short unsigned 437 instead of a 401 challenge, whose REALM and NONCE
+            # would break the 3x rule for a bare 20-byte Refresh (docs/security.md "Amplification").
             return refuse(state, request, five_tuple, TurnError(437, "Allocation Mismatch"))
         try:
             credentials = authenticate(
@@ -278,6 +277,11 @@ class TurnServerCore:
                 actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME), failure))
                 state.stats.auth_failure(failure)
             return actions
+        if mismatch:
+            # RFC 8656 §5 authenticates first; RFC 8489 §9.2.4: the answer carries the user's MESSAGE-INTEGRITY
+            # (clients discard an unsigned one, RFC 8489 §9.2.5). Not cached: there is no allocation to keep it on.
+            return [reply(state, request, error_response_for(request, TurnError(437, "Allocation Mismatch")),
+                          five_tuple, credentials.key)]
         # RFC 8656 §7.2 (and each method's checks): a known attribute whose value is malformed, such as a
         # REQUESTED-TRANSPORT of the wrong length, makes the request bad -> 400, once it is authenticated.
         if request.invalid_attributes:

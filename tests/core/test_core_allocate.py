@@ -629,6 +629,62 @@ def test_core_refresh_without_allocation_with_credentials_gets_437() -> None:
     assert harness.client().refresh(600).error_code == 437
 
 
+# RFC 8656 §5: authenticated first, then 437; RFC 8489 §9.2.4: the answer carries MESSAGE-INTEGRITY, which clients
+# check (RFC 8489 §9.2.5) and without which aioice retransmits for about 40 s.
+@pytest.mark.parametrize(
+    "send",
+    [
+        pytest.param(lambda client: client.refresh(600), id="refresh"),
+        pytest.param(lambda client: client.create_permission(("198.51.100.7", 0)), id="create-permission"),
+        pytest.param(lambda client: client.channel_bind(0x4000), id="channel-bind"),
+    ],
+)
+def test_core_request_after_expiry_gets_signed_437(send: Any) -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.advance(600)  # the allocation's 600 s lifetime runs out
+    assert harness.tick().of(AllocationDeleted)
+    before = len(harness.core.allocations)
+    result = send(client)
+    assert result.error_code == 437
+    assert result.response.get(Attr.ERROR_CODE)[1] == "Allocation Mismatch"
+    assert result.response.integrity_offset is not None
+    assert verify_integrity(result.response, long_term_key("alice", "reTurn", "secret"))
+    assert len(harness.core.allocations) == before == 0  # nothing kept for it
+
+
+def test_core_signed_437_after_expire_allocations_and_not_cached() -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.core.expire_allocations(harness.now)
+    data = client.signed(Method.REFRESH, [(Attr.LIFETIME, 600)])
+    first, again = client.send_raw(data), client.send_raw(data)
+    assert first.error_code == again.error_code == 437
+    assert first.response.integrity_offset is not None and again.response.integrity_offset is not None
+
+
+def test_core_request_without_allocation_and_wrong_password_gets_401_not_437() -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.core.expire_allocations(harness.now)
+    wrong = harness.client("alice", "wrong")
+    wrong.realm, wrong.nonce = client.realm, client.nonce
+    result = wrong.send_raw(wrong.signed(Method.REFRESH, [(Attr.LIFETIME, 600)]))
+    assert result.error_code == 401
+    assert result.response.integrity_offset is None and result.response.has(Attr.NONCE)
+
+
+def test_core_request_without_allocation_and_stale_nonce_gets_438_then_signed_437() -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.core.expire_allocations(harness.now)
+    harness.core.expire_nonces()
+    stale = client.send_raw(client.signed(Method.REFRESH, [(Attr.LIFETIME, 600)]))
+    assert stale.error_code == 438
+    result = client.refresh(600)  # the driver retries with the new nonce
+    assert result.error_code == 437 and result.response.integrity_offset is not None
+
+
 def test_core_refresh_extends_the_lifetime() -> None:
     harness = Harness()
     client = allocated(harness)
