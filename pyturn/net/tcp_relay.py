@@ -41,6 +41,7 @@ LOW_WATER = 16 * 1024  # ... and resumes
 ACCEPT_BATCH = 16  # connections accepted per wake-up of a relayed address
 ACCEPT_BACKLOG = 16  # pending connections the kernel queues per relayed address
 ACCEPT_PAUSE = 1.0  # seconds a relayed address stops accepting after accept() failed (out of descriptors)
+CLOSE_GRACE = 5.0  # seconds a closed connection may go on writing what is queued before it is aborted
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and keeps no TIME_WAIT
 
 
@@ -226,10 +227,12 @@ class PeerLink(asyncio.Protocol):
         if self.sock is not None:  # a connect under way or an accepted socket not wrapped yet
             _refuse(self.sock)
             self.sock = None
-        if self.transport is not None:
-            self.transport.close()  # what is queued is still written
-        if self.client is not None:
-            self.client.close()
+        loop = self.adapter.runtime.loop
+        for transport in (self.transport, self.client):
+            if transport is not None and not transport.is_closing():
+                transport.close()  # what is queued is still written, for a while: a side that never reads
+                if transport.get_write_buffer_size():  # would hold its descriptor for ever
+                    loop.call_later(CLOSE_GRACE, transport.abort)
 
 
 class TcpRelayAdapter:

@@ -31,6 +31,7 @@ from streamclient import StreamTurnClient, bind_data_connection
 from turnsession import error_code
 
 import pyturn.core.tcp_relay
+import pyturn.net.tcp_relay
 from pyturn.config import Config
 from pyturn.server import Server
 from pyturn.wire.message import Address, Attr, Method
@@ -351,6 +352,31 @@ async def test_slow_peer_pauses_client_reads(loopback_config: Config) -> None:
         received = await asyncio.wait_for(reader.readexactly(len(payload)), 30.0)
         assert received == payload
         await asyncio.wait_for(drained, WAIT)
+        writer.close()
+        await client.close()
+    peer.close()
+
+
+async def test_closing_towards_a_peer_that_never_reads_is_bounded(
+    loopback_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pyturn.net.tcp_relay, "CLOSE_GRACE", 0.3)
+    peer = EchoPeer(hold=True)  # never released
+    peer_address = await peer.start()
+    async with Server(loopback_config, users={USERNAME: PASSWORD}) as server:
+        client, _ = await control(server, peer_address)
+        connection_id = await client.connect_peer(peer_address)
+        reader, writer = await client.data_connection(server.addresses["tcp"][0], connection_id)
+        writer.write(os.urandom(8 * 1024 * 1024))
+        await asyncio.sleep(0.5)
+        runtime = server.runtime
+        assert runtime is not None
+        link = runtime.tcp.links[connection_id]
+        assert link.transport is not None and link.transport.get_write_buffer_size() > 0
+        sock = link.transport.get_extra_info("socket")
+        await client.request(Method.REFRESH, (Attr.LIFETIME, 0))  # the allocation ends, bytes still queued
+        await wait_until(lambda: sock.fileno() == -1, timeout=3.0)  # aborted after the grace period
+        assert await ends(reader)
         writer.close()
         await client.close()
     peer.close()
