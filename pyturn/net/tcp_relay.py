@@ -267,17 +267,16 @@ class TcpRelayAdapter:
         return core.relay_opened(action.token, listener, listener.address, now)
 
     def perform(self, action: TcpRelayAction) -> None:
-        kind = type(action)
-        if kind is BindDataConnection:
-            self._bind(action)  # type: ignore[arg-type]
-        elif kind is ClosePeerConnection:
-            self.close_connection(action.connection_id)  # type: ignore[union-attr]
-        elif kind is ConnectPeer:
-            self._connect(action)  # type: ignore[arg-type]
-        elif kind is AcceptPeer:
-            self._adopt(action)  # type: ignore[arg-type]
-        elif kind is RefusePeer:
-            _refuse(action.connection)  # type: ignore[union-attr]
+        if isinstance(action, BindDataConnection):
+            self._bind(action)
+        elif isinstance(action, ClosePeerConnection):
+            self.close_connection(action.connection_id)
+        elif isinstance(action, ConnectPeer):
+            self._connect(action)
+        elif isinstance(action, AcceptPeer):
+            self._adopt(action)
+        elif isinstance(action, RefusePeer):
+            _refuse(action.connection)
 
     def close_connection(self, connection_id: int) -> None:
         link = self.links.pop(connection_id, None)
