@@ -25,6 +25,7 @@ from pyturn.core.actions import (
 )
 from pyturn.core.allocation import Allocation, FiveTuple, Transport
 from pyturn.core.auth import Credentials
+from pyturn.core.events import DataConnectionBound
 from pyturn.core.permissions import check_owner, check_peer
 from pyturn.core.transactions import error_response_for, reply, success_response
 from pyturn.errors import TurnError
@@ -120,9 +121,11 @@ class TcpRelays:
         connection.phase = Phase.BOUND
         connection.client = five_tuple
         self.by_client[five_tuple] = connection
+        allocation = connection.allocation
         return [
             reply(self._state, request, success_response(request), five_tuple, credentials.key),
             BindDataConnection(connection.connection_id, five_tuple),
+            DataConnectionBound(allocation.five_tuple, connection.connection_id, connection.peer, five_tuple),
         ]
 
     # ------------------------------------------------------------------------------ what the adapter reports

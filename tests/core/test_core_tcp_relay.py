@@ -21,6 +21,7 @@ from pyturn.core.actions import (
     SendToClient,
 )
 from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.events import DataConnectionBound
 from pyturn.wire.codec import decode_message
 from pyturn.wire.integrity import verify_integrity
 from pyturn.wire.message import Address, Attr, MessageClass, Method
@@ -263,6 +264,7 @@ def test_connection_bind_joins_data_connection() -> None:
     assert response.method == 0x000B and response.msg_class is MessageClass.SUCCESS
     data_tuple = FiveTuple(Transport.TCP, DATA, client.five_tuple.server)
     assert result.one(BindDataConnection) == BindDataConnection(connection_id, data_tuple)
+    assert result.one(DataConnectionBound) == DataConnectionBound(client.five_tuple, connection_id, PEER, data_tuple)
     # The response goes out before the stream turns raw.
     assert isinstance(result.actions[0], SendToClient) and isinstance(result.actions[1], BindDataConnection)
     assert not tick_at(harness, 60.0).of(ClosePeerConnection)  # bound: no timer

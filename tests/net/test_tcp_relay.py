@@ -33,6 +33,7 @@ from turnsession import error_code
 import pyturn.core.tcp_relay
 import pyturn.net.tcp_relay
 from pyturn.config import Config
+from pyturn.core.events import DataConnectionBound
 from pyturn.server import Server
 from pyturn.wire.message import Address, Attr, Method
 
@@ -223,6 +224,8 @@ async def test_peer_connection_becomes_connection_attempt(loopback_config: Confi
             connection_id, peer = await client.connection_attempt()
             assert peer == peer_writer.get_extra_info("sockname")[:2]
             reader, writer = await client.data_connection(server.addresses["tcp"][0], connection_id)
+            bound = [event for event in server.events if isinstance(event, DataConnectionBound)]
+            assert [(event.connection_id, event.peer) for event in bound] == [(connection_id, peer)]
             assert await asyncio.wait_for(reader.readexactly(11), WAIT) == b"early bytes"
             writer.write(b"to the peer")
             await writer.drain()
