@@ -43,7 +43,9 @@ def delete_allocation(
     allocation.permissions.clear()
     allocation.responses.clear()
     deleted = AllocationDeleted(five_tuple, allocation.username, allocation.relayed, reason)
-    return [CloseRelay(handle), *released, deleted]
+    # RFC 6062 §5.5: the data connections of a TCP allocation close with it.
+    closed = state.tcp_relays.allocation_deleted(allocation) if allocation.tcp else []
+    return [*closed, CloseRelay(handle), *released, deleted]
 
 
 def delete_all(state: CoreState, reason: str) -> list[Action]:

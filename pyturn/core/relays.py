@@ -51,6 +51,7 @@ def relay_opened(state: CoreState, token: int, handle: Any, bound: Address, now:
         expires=now + pending.lifetime,
         dont_fragment=pending.dont_fragment,
         reserved_port=bound[1] + 1 if pending.reserve_next else None,
+        tcp=pending.tcp,
     )
     state.allocations[five_tuple] = allocation
     state.by_handle[handle] = allocation
