@@ -424,6 +424,7 @@ class Server(RigControls):
                 stream.close()
             for relay in list(self._runtime.relays):
                 relay.close()
+            self._runtime.tcp.close_all()
             self._runtime.close_reserved()
         await self._listeners.wait_closed()
         if self._runtime is not None:

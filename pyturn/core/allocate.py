@@ -13,6 +13,7 @@ from pyturn.core.auth import Credentials
 from pyturn.core.ports import PortPool
 from pyturn.core.redirect import Capacity, capacity_reason, redirect
 from pyturn.core.reservations import redeem
+from pyturn.core.tcp_relay import TCP_PROTOCOL, check_tcp_allocate
 from pyturn.errors import TurnError
 from pyturn.wire.message import Address, Attr, Message
 
@@ -37,6 +38,7 @@ class PendingAllocation:
     even: bool
     reserve_next: bool
     from_reservation: bool
+    tcp: bool = False  # RFC 6062: a TCP relayed address
     attempts: int = 1
     # RFC 8656 §7.2 dual allocation: the IPv6 relay to open once the IPv4 one is bound, and that IPv4 relay
     # (handle, relayed address) while the IPv6 one is being opened.
@@ -67,16 +69,23 @@ def allocate(
             if waiting.request.transaction_id == request.transaction_id:
                 return []  # retransmitted while the relay is being opened: the answer is on its way
             raise TurnError(437, "Allocation Mismatch")
-    # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP.
+    # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP, or TCP (RFC 6062 §5.1 item 1) when enabled.
     transport = request.get(Attr.REQUESTED_TRANSPORT)
     if transport is None:
         raise TurnError(400, "Bad Request")
-    if transport != UDP_PROTOCOL:
+    tcp = transport == TCP_PROTOCOL and state.config.tcp_relay
+    if tcp:
+        check_tcp_allocate(request, five_tuple)  # RFC 6062 §5.1 items 2 and 3: 400
+    elif transport != UDP_PROTOCOL:
         raise TurnError(442, "Unsupported Transport Protocol")
     even_port = request.get(Attr.EVEN_PORT)
     token = request.get(Attr.RESERVATION_TOKEN)
     family_requested = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-    additional = request.get(Attr.ADDITIONAL_ADDRESS_FAMILY, request.get(Attr.ADDITIONAL_ADDRESS_FAMILY_OLD))
+    # A TCP allocation (RFC 6062) stays single: RFC 6062 defines no dual TCP relay, so the comprehension-optional
+    # attribute is ignored there.
+    additional = None if tcp else request.get(
+        Attr.ADDITIONAL_ADDRESS_FAMILY, request.get(Attr.ADDITIONAL_ADDRESS_FAMILY_OLD)
+    )
     # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT, REQUESTED- or ADDITIONAL-ADDRESS-FAMILY with RESERVATION-TOKEN -> 400.
     if token is not None and (even_port is not None or family_requested is not None or additional is not None):
         raise TurnError(400, "Bad Request")
@@ -120,6 +129,7 @@ def allocate(
         even=even_port is not None,
         reserve_next=reserve_next,
         from_reservation=token is not None,
+        tcp=tcp,
         additional_family=additional,
     )
     return [open_relay(state, pending)]
@@ -153,5 +163,5 @@ def open_relay(state: CoreState, pending: PendingAllocation) -> OpenRelay:
     token = state.add_pending(pending)
     return OpenRelay(
         token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment,
-        reserve_next=pending.reserve_next, reserved=pending.from_reservation,
+        reserve_next=pending.reserve_next, reserved=pending.from_reservation, tcp=pending.tcp,
     )

@@ -67,6 +67,7 @@ class Allocation:
     # whose peer still has a permission (used by the adapter for peer -> client ChannelData).
     channel_for_peer: dict[Address, int] = field(default_factory=dict)
     reserved_port: int | None = None
+    tcp: bool = False  # a TCP relayed address (RFC 6062): peers reach it with Connect and ConnectionAttempt
     # The deadlines of this allocation's entries in the deadline heap: its own (a Refresh may move `expires`
     # either way) and the one for its permissions and channels together (inf while it has neither).
     scheduled: float = 0.0

@@ -46,7 +46,9 @@ def delete_allocation(
     deleted = AllocationDeleted(five_tuple, allocation.username, allocation.relayed, reason)
     # The first relay's CloseRelay comes last before AllocationDeleted: its byte counts are the ones the adapter
     # reports (docs/architecture.md "Sans-IO contract").
-    return [*extra, CloseRelay(handle), *released, deleted]
+    # RFC 6062 §5.5: the data connections of a TCP allocation close with it.
+    closed = state.tcp_relays.allocation_deleted(allocation) if allocation.tcp else []
+    return [*closed, *extra, CloseRelay(handle), *released, deleted]
 
 
 def close_extra_relay(state: CoreState, allocation: Allocation) -> list[Action]:

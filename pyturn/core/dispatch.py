@@ -41,6 +41,7 @@ from pyturn.core.refresh import refresh
 from pyturn.core.routes import RouteTable
 from pyturn.core.state import CoreState
 from pyturn.core.stats import MALFORMED, CoreStats
+from pyturn.core.tcp_relay import TcpRelays, connect, connection_bind
 from pyturn.core.transactions import error_response_for, refuse, reply, unknown_attributes_response
 from pyturn.errors import StunDecodeError, TurnError
 from pyturn.wire.codec import decode_message
@@ -55,6 +56,8 @@ _HANDLERS: dict[int, Handler] = {
     Method.REFRESH: refresh,
     Method.CREATE_PERMISSION: create_permission,
     Method.CHANNEL_BIND: channel_bind,
+    Method.CONNECT: connect,
+    Method.CONNECTION_BIND: connection_bind,
 }
 
 
@@ -83,12 +86,14 @@ class TurnServerCore:
             policy=policy,
             ports=PortPool(config.allocation_port_range_min, config.allocation_port_range_max, rng),
             data_tid_prefix=randbytes(4),
+            randbytes=randbytes,
         )
         # Never replaced, so plain attributes: the adapters read them (pyturn.net.metrics, the stream adapter).
         self.stats: CoreStats = self.state.stats
         self.route_table: RouteTable = self.state.route_table  # the fast path's tables ("Adapter contract")
         self.allocations: dict[FiveTuple, Allocation] = self.state.allocations
         self.ports: PortPool = self.state.ports  # the relay port pool
+        self.tcp_relays: TcpRelays = self.state.tcp_relays  # RFC 6062 data connections and their entry points
         self._randbytes = randbytes
         self.faults = FailureInjector()  # test rigs: errors injected after authentication (Server.fail_next)
 
@@ -214,7 +219,7 @@ class TurnServerCore:
         """A TCP/TLS client went away: its allocation dies with it (RFC 8656 §7)."""
         allocation = self.state.allocations.get(five_tuple)
         if allocation is None:
-            return []
+            return self.state.tcp_relays.client_closed(five_tuple)  # a client data connection, if any (RFC 6062)
         return delete_allocation(self.state, allocation, "closed")
 
     def tick(self, now: float) -> list[Action]:
@@ -253,7 +258,9 @@ class TurnServerCore:
         allocation = state.allocations.get(five_tuple)
         if request.invalid_attributes and not has_integrity(request):
             return []  # unauthenticated and malformed: dropped, as a message that does not parse (RFC 8489 §6.3)
-        mismatch = allocation is None and method != Method.ALLOCATE  # RFC 8656 §5, §7.3, §9.2, §11.2: 437
+        # RFC 8656 §5, §7.3, §9.2, §11.2: 437. Allocate and RFC 6062 §5.4 ConnectionBind (on a new data
+        # connection) come from 5-tuples without an allocation.
+        mismatch = allocation is None and method != Method.ALLOCATE and method != Method.CONNECTION_BIND
         if mismatch and not has_integrity(request):
             # Without MESSAGE-INTEGRITY: the short unsigned 437 instead of a 401 challenge, whose REALM and NONCE
             # would break the 3x rule for a bare 20-byte Refresh (docs/security.md "Amplification").

@@ -40,6 +40,8 @@ def expire_due(state: CoreState, now: float) -> list[Action]:
             expire_peers(state, allocation, now)
     if state.limiter is not None:
         state.limiter.prune(now)
+    if state.tcp_relays.by_id:
+        actions.extend(state.tcp_relays.tick(now))  # the RFC 6062 30 s timers
     return actions
 
 

@@ -79,6 +79,7 @@ def _create(
         expires=now + pending.lifetime,
         dont_fragment=pending.dont_fragment,
         reserved_port=relayed[1] + 1 if reservation_token is not None else None,
+        tcp=pending.tcp,
     )
     if extra is not None:
         allocation.extra_handle, allocation.extra_relayed = extra

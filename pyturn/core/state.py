@@ -6,6 +6,8 @@ fields and call the two bookkeeping operations here. Nothing in it performs I/O:
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pyturn.config import Config
@@ -17,6 +19,7 @@ from pyturn.core.ratelimit import SourceLimiter
 from pyturn.core.redirect import Alternates
 from pyturn.core.routes import RouteTable
 from pyturn.core.stats import CoreStats
+from pyturn.core.tcp_relay import TcpRelays
 from pyturn.core.timers import DeadlineHeap, DeadlineKind
 from pyturn.wire.message import Address
 
@@ -50,7 +53,9 @@ class CoreState:
     * ``deadlines``: the one deadline heap; ``route_table``: the adapter's fast-path tables;
     * ``limiter``: the per-source limit of unauthenticated answers, or None; ``stats``: the counters;
     * ``data_tid_prefix``, ``data_tid_counter``: the transaction ids of Data indications (prefix + counter);
-    * ``now``: the time of the call being handled, for deadlines set deep inside the handlers.
+    * ``now``: the time of the call being handled, for deadlines set deep inside the handlers;
+    * ``tcp_relays``: the RFC 6062 data connections of the TCP allocations (pyturn.core.tcp_relay), whose
+      connection ids are drawn from ``randbytes``.
     """
 
     __slots__ = (
@@ -77,6 +82,7 @@ class CoreState:
         "secret",
         "software",
         "stats",
+        "tcp_relays",
         "users",
     )
 
@@ -90,6 +96,7 @@ class CoreState:
         policy: PeerPolicy | None,
         ports: PortPool,
         data_tid_prefix: bytes,
+        randbytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.config = config
         self.users = users
@@ -121,6 +128,7 @@ class CoreState:
         self.data_tid_prefix = data_tid_prefix
         self.data_tid_counter = 0
         self.now = 0.0
+        self.tcp_relays = TcpRelays(self, randbytes)
 
     def add_pending(self, pending: PendingAllocation) -> int:
         """Keep an Allocate until its relay socket is bound; the token names it in OpenRelay and the answer."""

@@ -106,8 +106,11 @@ def has_ipv6() -> bool:
     return True
 
 
-def bind_stream(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening, non-blocking TCP socket (IPv6 only on IPv6 addresses; SO_REUSEADDR for TIME_WAIT)."""
+def bind_stream(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int | None = LISTEN_BACKLOG
+) -> socket.socket:
+    """A listening, non-blocking TCP socket (IPv6 only on IPv6 addresses; SO_REUSEADDR for TIME_WAIT); with
+    backlog None bound only, for connecting out from that address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -117,7 +120,8 @@ def bind_stream(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
+        if backlog is not None:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()

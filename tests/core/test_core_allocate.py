@@ -139,7 +139,8 @@ def test_core_allocate_lifetime_follows_config() -> None:
     ("attrs", "code"),
     [
         pytest.param([], 400, id="no-requested-transport"),
-        pytest.param([(Attr.REQUESTED_TRANSPORT, 6)], 442, id="tcp"),
+        pytest.param([(Attr.REQUESTED_TRANSPORT, 6)], 400, id="tcp-from-udp"),  # RFC 6062 §5.1 item 2
+        pytest.param([(Attr.REQUESTED_TRANSPORT, 132)], 442, id="sctp"),
         pytest.param([(Attr.REQUESTED_TRANSPORT, 0)], 442, id="zero"),
         pytest.param([(Attr.REQUESTED_TRANSPORT, 17), (Attr.REQUESTED_ADDRESS_FAMILY, 3)], 440, id="family-3"),
         pytest.param([(Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, b"12345678")], 508, id="bad-token"),
@@ -202,7 +203,7 @@ def test_core_allocate_retransmitted_error_gets_identical_cached_bytes() -> None
     harness = Harness()
     client = harness.client()
     client.challenge()
-    data = client.signed(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)])
+    data = client.signed(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 132)])
     first = client.send_raw(data)
     assert first.error_code == 442
     assert client.send_raw(data).sent == first.sent

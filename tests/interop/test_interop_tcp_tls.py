@@ -31,6 +31,7 @@ from interop import (
     run_uclient,
     start_echo_peer,
     turnutils_peer,
+    wait_until,
     write_config,
 )
 from streamclient import StreamTurnClient
@@ -48,15 +49,6 @@ CHANNEL = 0x4000
 
 
 # ------------------------------------------------------------------------------------------- helpers
-async def wait_until(predicate: Any, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 async def closed_by_server(client: StreamTurnClient, timeout: float = WAIT) -> bool:
     """True when the server ends the stream within timeout (EOF or reset)."""
     try:

@@ -269,7 +269,7 @@ async def test_security_input_duplicate_requested_transport_first_wins(server: S
 
     with MiniTurnClient(server.addresses["udp"][0], "u", "p") as turn:
         with pytest.raises(TurnRequestFailed) as refused:
-            await turn.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 6), (Attr.REQUESTED_TRANSPORT, 17))
+            await turn.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 99), (Attr.REQUESTED_TRANSPORT, 17))
         assert refused.value.code == 442
     with MiniTurnClient(server.addresses["udp"][0], "u", "p") as turn:
         response = await turn.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17), (Attr.REQUESTED_TRANSPORT, 6))

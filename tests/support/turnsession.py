@@ -29,6 +29,7 @@ from pyturn.wire.message import Attr, Message, MessageClass, Method, PasswordAlg
 Attributes = Sequence[tuple[int, Any]]
 RETRY_CODES = (401, 438)  # RFC 8489 §9.2.3.1 (first challenge), §9.2.3.2 (stale nonce)
 REQUESTED_TRANSPORT_UDP = 17  # RFC 8656 §14.7: the protocol number of UDP
+REQUESTED_TRANSPORT_TCP = 6  # RFC 6062 §6.1: the protocol number of TCP
 # RFC 8489 §14.9: clients SHOULD say who they are; it also keeps a first request big enough for the server's full
 # RFC 8489 challenge within its 3x amplification budget (docs/security.md "Amplification").
 CLIENT_SOFTWARE = "pyturn test client (RFC 8489)"
