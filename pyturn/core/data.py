@@ -32,7 +32,12 @@ def handle_send(core: TurnServerCore, indication: Message, five_tuple: FiveTuple
         return []
     if not allocation.has_permission(peer[0], now) or not core.policy.allows(peer[0], peer[1]):
         return []
-    return [SendToPeer(allocation.relay_handle, peer, data)]
+    core.route_table.learn(allocation, peer)
+    # RFC 8656 §11.3: DONT-FRAGMENT asks for DF on this datagram. A relay bound for an Allocate with DONT-FRAGMENT
+    # sets it on everything already; otherwise the adapter sets it for this one, or drops the datagram when it
+    # cannot (as if DONT-FRAGMENT were an unknown comprehension-required attribute).
+    dont_fragment = not allocation.dont_fragment and indication.has(Attr.DONT_FRAGMENT)
+    return [SendToPeer(allocation.relay_handle, peer, data, dont_fragment)]
 
 
 def handle_channel_data(core: TurnServerCore, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:

@@ -7,13 +7,17 @@ with the R bit the adapter also binds the odd port above and holds it until the 
 relay hot path the core keeps route tables the adapter reads directly:
 
 * ``routes(transport, server)[(client, channel)] -> (relay_handle, peer)`` for client -> peer ChannelData;
-* ``Allocation.channel_for_peer[peer] -> channel`` for peer -> client ChannelData.
+* ``Allocation.channel_for_peer[peer] -> channel`` for peer -> client ChannelData;
+* ``route_table.sends_for_listener(transport, server)`` and ``Allocation.peer_attributes`` for Send and Data
+  indications to and from the peers the core has already relayed an indication for.
 
-Everything else (STUN, Send/Data indications, unbound channels) goes through handle_client / handle_peer.
+Everything else (STUN, the first indications of a peer, unbound channels) goes through handle_client /
+handle_peer.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -109,7 +113,7 @@ class TurnServerCore:
         self.draining = False
         self.over_bitrate = False
         self.alternates = Alternates(config.alternate_servers, config.alternate_domain, config.tls_turn_port)
-        self.policy = policy if policy is not None else PeerPolicy(
+        self._policy = policy if policy is not None else PeerPolicy(
             denied=config.denied_peer_addresses,
             allowed=config.allowed_peer_addresses,
             relay_ports=(config.allocation_port_range_min, config.allocation_port_range_max),
@@ -127,8 +131,10 @@ class TurnServerCore:
         self._deadlines = DeadlineHeap(self._deadline_current)
         self.route_table = RouteTable()  # the fast path's tables, read by the adapter (pyturn.core.routes)
         self._alternate: tuple[Address, Address] | None = None
-        self._data_tid_prefix = randbytes(4)
-        self._data_tid_counter = 0
+        # Data indication transaction ids: a random prefix and a counter, shared with the adapter's fast path
+        # (pyturn.core.routes), so every indication gets its own (RFC 8489 §6).
+        self.data_tid_prefix = randbytes(4)
+        self.data_tids = itertools.count(1)
         self._now = 0.0  # the time of the call being handled, for deadlines set deep inside handlers
         rate = config.unauthenticated_rate_limit
         self._limiter = SourceLimiter(rate) if rate > 0 else None
@@ -155,6 +161,17 @@ class TurnServerCore:
         self.policy = self.policy.with_server_addresses(
             relay, host, relay_ports=relay_ports, listener_ports=listener_ports
         )
+
+    @property
+    def policy(self) -> PeerPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: PeerPolicy) -> None:
+        # The fast path's indication routes were checked against the old policy (pyturn.core.routes).
+        self._policy = policy
+        for allocation in self._allocations.values():
+            self.route_table.forget_peers(allocation)
 
     def set_nonce_secrets(self, secrets: Sequence[bytes]) -> None:
         """NonceSecretFile reloaded: the first secret signs new nonces, all are accepted."""
@@ -224,8 +241,8 @@ class TurnServerCore:
         if channel is not None:
             pad = five_tuple.transport is not Transport.UDP and self.config.tcp_channel_data_padding
             return [SendToClient(five_tuple, encode_channel_data(channel, data, pad=pad))]
-        self._data_tid_counter += 1
-        tid = self._data_tid_prefix + self._data_tid_counter.to_bytes(8, "big")
+        self.route_table.learn(allocation, peer)
+        tid = self.data_tid_prefix + next(self.data_tids).to_bytes(8, "big")
         indication = Message(Method.DATA, MessageClass.INDICATION, tid)
         indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
         return [SendToClient(five_tuple, encode_message(indication))]

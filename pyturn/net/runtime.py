@@ -141,7 +141,7 @@ class Runtime:
                 self._send_to_client(action.five_tuple, action.data)  # type: ignore[union-attr]
             elif kind is SendToPeer:
                 handle = action.handle  # type: ignore[union-attr]
-                if handle.send(action.data, action.peer):  # type: ignore[union-attr]
+                if handle.send(action.data, action.peer, action.dont_fragment):  # type: ignore[union-attr]
                     counter = handle.relayed_to_peer
                     counter.packets += 1
                     counter.octets += len(action.data)  # type: ignore[union-attr]
@@ -250,6 +250,7 @@ class Runtime:
                 self.release_reserved(action.family, action.port + 1)
             return core.relay_failed(action.token, RelayFailure.DONT_FRAGMENT, now)
         relay = RelayEndpoint(self, sock, five_tuple)
+        relay.dont_fragment = action.dont_fragment
         self.relays.add(relay)
         return core.relay_opened(action.token, relay, plain_address(sock.getsockname()), now)
 

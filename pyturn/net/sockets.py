@@ -67,6 +67,31 @@ def set_dont_fragment(sock: socket.socket, family: int) -> bool:
     return True
 
 
+def send_dont_fragment(sock: socket.socket, data: bytes, peer: Address) -> bool:
+    """Send one datagram with DF set (RFC 8656 §11.3) from a socket that does not set it on everything: the
+    path-MTU mode is switched for this datagram and back. False when DF cannot be set: the datagram is dropped."""
+    if sock.family == socket.AF_INET6:
+        level, option, on = socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1
+    else:
+        level, option, on = socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO
+    try:
+        previous = sock.getsockopt(level, option)
+        sock.setsockopt(level, option, on)
+    except OSError as error:
+        log.debug("could not set DF for one datagram: %s", error)
+        return False
+    try:
+        sock.sendto(data, peer)
+    except OSError:
+        return False
+    finally:
+        try:
+            sock.setsockopt(level, option, previous)
+        except OSError:
+            pass
+    return True
+
+
 def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
