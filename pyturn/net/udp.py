@@ -30,6 +30,7 @@ class UdpListener:
         self.runtime = runtime
         self.core = runtime.core
         self.sock = sock
+        runtime.size_buffers(sock, "listener")  # before any privilege drop: root may exceed net.core.rmem_max
         self.address: Address = plain_address(sock.getsockname())
         self.v6 = sock.family == socket.AF_INET6
         self.routes = runtime.core.routes(Transport.UDP, self.address)
