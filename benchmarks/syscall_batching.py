@@ -55,7 +55,7 @@ _libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(MMsgHdr), ctypes.c_uint,
 
 def _pair() -> tuple[socket.socket, socket.socket]:
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)  # capped by net.core.rmem_max
     receiver.bind(("127.0.0.1", 0))
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
@@ -74,9 +74,9 @@ def _drain(receiver: socket.socket) -> int:
         got += 1
 
 
-def _cpu(work: Callable[[], int]) -> tuple[float, int]:
+def _cpu(work: Callable[..., int], *arguments: object) -> tuple[float, int]:
     start = time.process_time()
-    done = work()
+    done = work(*arguments)
     return time.process_time() - start, done
 
 
@@ -189,45 +189,46 @@ def receive_gro(receiver: socket.socket, count: int) -> int:
     return got
 
 
+CHUNK = 5000  # datagrams in flight at once: within the receiver's buffer, drained between chunks (not counted)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.syscall_batching")
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--sizes", default="170,1200")
     arguments = parser.parse_args()
     count = arguments.count
+    senders: list[tuple[str, Callable[..., int]]] = [
+        ("sendto each", send_each), ("sendmmsg x32 (ctypes)", send_mmsg), ("sendmsg UDP_SEGMENT (GSO)", send_gso)]
     for size in (int(s) for s in arguments.sizes.split(",")):
         payload = b"x" * size
         print(f"\n{size}-byte datagrams, {count} each, CPU µs per datagram (user+system of this process):")
-        for name, sender_way in (("sendto each", send_each), ("sendmmsg x32 (ctypes)", send_mmsg),
-                                 ("sendmsg UDP_SEGMENT (GSO)", send_gso)):
+        for name, sender_way in senders:
             sender, receiver = _pair()
             with sender, receiver:
-                chunk = 20_000  # stays within the receiver's buffer; drained between chunks, not counted
                 spent = 0.0
-                for _ in range(count // chunk):
-                    used, _ = _cpu(lambda: sender_way(sender, payload, chunk, receiver.getsockname()))
-                    spent += used
+                for _ in range(count // CHUNK):
+                    spent += _cpu(sender_way, sender, payload, CHUNK, receiver.getsockname())[0]
                     _drain(receiver)
-                print(f"  send    {name:28} {spent / count * 1e6:6.2f}")
-        for name in ("recvfrom each", "recvmmsg x64 (ctypes)", "recvmsg UDP_GRO"):
+                print(f"  send    {name:34} {spent / count * 1e6:6.2f}")
+        receivers: list[tuple[str, Callable[..., int], tuple[object, ...], Callable[..., int]]] = [
+            ("recvfrom each", receive_each, (), send_each),
+            ("recvmmsg x64 (ctypes)", receive_mmsg, (size,), send_each),
+            ("recvmsg UDP_GRO, plain sender", receive_gro, (), send_each),
+            ("recvmsg UDP_GRO, GSO sender", receive_gro, (), send_gso),
+        ]
+        for name, receiver_way, extra, feeder in receivers:
             sender, receiver = _pair()
             with sender, receiver:
                 receiver.setblocking(False)
-                if name.endswith("GRO"):
-                    receiver.setsockopt(SOL_UDP, UDP_GRO, 1)
                 spent = 0.0
                 total = 0
-                for _ in range(count // 20_000):
-                    send_each(sender, payload, 20_000, receiver.getsockname())
-                    if name.startswith("recvfrom"):
-                        used, got = _cpu(lambda: receive_each(receiver, 20_000))
-                    elif name.startswith("recvmmsg"):
-                        used, got = _cpu(lambda: receive_mmsg(receiver, 20_000, size))
-                    else:
-                        used, got = _cpu(lambda: receive_gro(receiver, 20_000))
+                for _ in range(count // CHUNK):
+                    feeder(sender, payload, CHUNK, receiver.getsockname())
+                    used, got = _cpu(receiver_way, receiver, CHUNK, *extra)
                     spent += used
                     total += got
-                print(f"  receive {name:28} {spent / max(total, 1) * 1e6:6.2f}   ({total} received)")
+                print(f"  receive {name:34} {spent / max(total, 1) * 1e6:6.2f}   ({total} of {count} received)")
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import logging
 import os
 import signal
@@ -288,9 +287,6 @@ async def _serve(
         f"{kind} {host}:{port}" for kind, addresses in server.addresses.items() for host, port in addresses
     )
     log.log(NOTICE, "pyturn %s serving %s", __version__, serving)
-    # What start-up built (modules, config, user table) lives for good: out of every later collection's scan
-    # (measured in benchmarks/README.md "Levers").
-    gc.freeze()
     notify_ready(f"serving {serving}")
     if report is not None:
         report.send(EXIT_OK)
