@@ -153,7 +153,7 @@ def bench_core(
                 core.tick(second)
         population.allocate(index, at)
     set_up = time.perf_counter() - set_up
-    heap_before = len(core._deadlines)  # reported, to show the population's size
+    heap_before = len(core.state.deadlines)  # reported, to show the population's size
     times: list[float] = []
     collected: list[bool] = []  # whether the cyclic garbage collector ran during that tick
     collections = [0]

@@ -19,6 +19,7 @@ __all__ = [
     "CloseRelay",
     "Config",
     "ConfigError",
+    "DataConnectionBound",
     "Event",
     "FiveTuple",
     "Hooks",
@@ -74,6 +75,7 @@ from pyturn.core.events import (
     AllocationRefreshed,
     AuthFailed,
     ChannelBound,
+    DataConnectionBound,
     Event,
     PermissionInstalled,
 )

@@ -101,6 +101,9 @@ class Config:
     tcp_auth_timeout: int = 30  # seconds a TCP/TLS connection may stay unauthenticated
     max_permissions_per_allocation: int = 64  # 508 beyond (docs/security.md "Permission and channel caps")
     max_channels_per_allocation: int = 64  # 508 beyond
+    tcp_relay: bool = True  # RFC 6062 TCP allocations for TCP/TLS clients; false = 442 as for any non-UDP transport
+    max_tcp_relay_connections: int = 1024  # RFC 6062 data connections in total (docs/security.md "TCP relays")
+    max_tcp_relay_connections_per_allocation: int = 16  # ... per allocation; 0 = unlimited (both)
     metrics_address: str = "127.0.0.1"  # the HTTP listener of /metrics, /healthz, /readyz (pyturn.net.metrics)
     metrics_port: int = 0  # 0 = no metrics listener
     # shared-secret (TURN REST) credentials, pyturn.core.sharedsecret
@@ -296,6 +299,14 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
           "permissions (peer IPs) one allocation may hold (508 beyond); 0 = unlimited"),
     _spec("MaxChannelsPerAllocation", "max_channels_per_allocation", Kind.COUNT,
           "channel bindings one allocation may hold (508 beyond); 0 = unlimited"),
+    _spec("TcpRelay", "tcp_relay", Kind.BOOL,
+          "grant TCP relayed addresses (RFC 6062) to TCP/TLS clients asking for REQUESTED-TRANSPORT TCP; "
+          "false = 442 as before"),
+    _spec("MaxTcpRelayConnections", "max_tcp_relay_connections", Kind.COUNT,
+          "RFC 6062 peer data connections in total (Connect gets 508 beyond, incoming ones are refused); "
+          "0 = unlimited"),
+    _spec("MaxTcpRelayConnectionsPerAllocation", "max_tcp_relay_connections_per_allocation", Kind.COUNT,
+          "RFC 6062 peer data connections one TCP allocation may hold (508 / refused beyond); 0 = unlimited"),
     _spec("MetricsAddress", "metrics_address", Kind.STRING,
           "IPv4 or IPv6 address of the HTTP listener serving /metrics, /healthz and /readyz"),
     _spec("MetricsPort", "metrics_port", Kind.PORT, "port of that listener; 0 = no listener"),

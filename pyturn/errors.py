@@ -39,3 +39,7 @@ class ConfigError(PyturnError):
 
 class UserDBError(PyturnError):
     """A user file that cannot be read at all (single bad lines are reported, not raised)."""
+
+
+class StartupError(PyturnError):
+    """A listener could not be opened (port in use, address not available, TLS files unusable)."""

@@ -7,43 +7,33 @@ close() are idempotent. The CLI (pyturn.ops.cli) wraps this with signals, PID fi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import ipaddress
 import logging
-import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pyturn.config import Config
 from pyturn.core.allocation import Transport
-from pyturn.core.auth import EXPIRED, UserLookup
 from pyturn.core.dispatch import TurnServerCore
-from pyturn.core.events import AllocationDeleted, AllocationRedirected, AuthFailed, Event
-from pyturn.core.impairment import ActiveImpairment, Impairment
+from pyturn.core.events import Event
 from pyturn.core.redirect import own_addresses
-from pyturn.core.sharedsecret import SecretFileError, SharedSecrets, UsersAndSecrets
-from pyturn.core.stats import ReloadStats
-from pyturn.core.userdb import UserDB
-from pyturn.errors import PyturnError, UserDBError
+from pyturn.errors import PyturnError, StartupError
 from pyturn.files.noncesecret import NonceSecretError, load_nonce_secret
-from pyturn.files.secretfile import load_secret_file
-from pyturn.files.userfile import load_user_file
-from pyturn.hooks import EVENTS_KEPT, AllocationEnded, EventLog, Hooks, RelayedBytes
+from pyturn.files.usersource import ReloadResult, SharedSecret, Users, UserSource
+from pyturn.hooks import EVENTS_KEPT, EventLog, Hooks
+from pyturn.net.eventlogs import ExpiredCredentialsLog, RedirectLog
+from pyturn.net.listeners import Listeners, listen_key, release_streams
 from pyturn.net.localaddrs import interface_addresses, server_addresses
 from pyturn.net.runtime import Runtime
-from pyturn.net.shaping import RelayImpairments
-from pyturn.net.sockets import bind_stream, bind_udp, has_ipv6
-from pyturn.net.stream import make_stream_factory, start_stream_listener
-from pyturn.net.tls import HANDSHAKE_TIMEOUT, ReloadableContext, make_server_context
-from pyturn.net.udp import UdpListener
-from pyturn.wire.message import Address, Method
+from pyturn.net.sockets import bind_stream, has_ipv6, uri_host
+from pyturn.net.tls import ReloadableContext, make_server_context
+from pyturn.rig import RigControls
+from pyturn.wire.message import Address
 
 if TYPE_CHECKING:
     from pyturn.net.metrics import MetricsEndpoint
@@ -52,80 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 1.0
-EPHEMERAL_PORT_ATTEMPTS = 20  # TurnPort 0: ports tried until one is free for both UDP and TCP
-STREAM_CLOSE_GRACE = 0.5  # seconds close() lets TCP/TLS connections shut down cleanly before aborting them
-Users = Mapping[str, str] | UserDB | UserLookup
-SharedSecret = str | bytes | Sequence[str | bytes]
-EXPIRED_LOG_INTERVAL = 10.0  # seconds between "expired credentials" lines beyond the first (log floods)
 TRANSPORTS = ("udp", "tcp", "tls")
-EventType = TypeVar("EventType")
-
-
-class StartupError(PyturnError):
-    """A listener could not be opened (port in use, address not available, TLS files unusable)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    loaded: bool
-    users: int
-    problems: list[str] = field(default_factory=list)
-    secrets: int = 0  # shared secrets in force after the reload
-
-
-class _ExpiredCredentialsLog:
-    """Logs refusals of expired shared-secret credentials: the first at once, then one line per interval with
-    the count, so a client retrying stale credentials cannot flood the log. Never logs a secret or a password."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._logged_at: float | None = None
-        self._unlogged = 0
-
-    def __call__(self, event: Event) -> None:
-        if not isinstance(event, AuthFailed) or event.reason != EXPIRED:
-            return
-        self._unlogged += 1
-        now = self._clock()
-        if self._logged_at is not None and now - self._logged_at < EXPIRED_LOG_INTERVAL:
-            return
-        client = event.five_tuple.client
-        log.warning("expired credentials: username %r from %s:%d refused (%d since the last such line)",
-                    event.username, client[0], client[1], self._unlogged)
-        self._unlogged = 0
-        self._logged_at = now
-
-
-class _RedirectLog:
-    """Logs Allocates sent elsewhere (300) or refused for capacity (508): the first at once, then one line per
-    interval with the counts, so a full or draining instance under load does not flood the log."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._logged_at: float | None = None
-        self._redirected = 0
-        self._refused = 0
-
-    def __call__(self, event: Event) -> None:
-        if not isinstance(event, AllocationRedirected):
-            return
-        if event.alternate is None:
-            self._refused += 1
-        else:
-            self._redirected += 1
-        now = self._clock()
-        if self._logged_at is not None and now - self._logged_at < EXPIRED_LOG_INTERVAL:
-            return
-        client = event.five_tuple.client
-        if event.alternate is None:
-            outcome = "refused with 508"
-        else:
-            outcome = f"redirected to {_uri_host(event.alternate[0])}:{event.alternate[1]}"
-        log.info("allocation for %s:%d/%s %s (%s); since the last such line: %d redirected, %d refused",
-                 client[0], client[1], event.five_tuple.transport.value, outcome, event.reason,
-                 self._redirected, self._refused)
-        self._redirected = self._refused = 0
-        self._logged_at = now
+# Defined beside what they describe and named here too: `from pyturn.server import ...` keeps working.
+__all__ = ["TRANSPORTS", "ReloadResult", "Server", "SharedSecret", "StartupError", "Users", "ephemeral_overlap",
+           "loopback_config"]
 
 
 EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -169,37 +89,7 @@ def loopback_config(**overrides: Any) -> Config:
     return Config(**values)
 
 
-def _uri_host(host: str) -> str:
-    """RFC 7065 §3.1 host: IPv6 literals in brackets; a wildcard bind is reached through loopback."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
-async def _release_streams(runtime: Runtime) -> None:
-    """Wait briefly for closing TCP/TLS connections (a TLS close_notify needs the client's answer), then abort
-    the rest, so that close() returns with every socket released."""
-    deadline = runtime.loop.time() + STREAM_CLOSE_GRACE
-    while runtime.streams and runtime.loop.time() < deadline:
-        await asyncio.sleep(0.01)
-    for stream in list(runtime.streams.values()):
-        if stream.transport is not None:
-            stream.transport.abort()
-    if runtime.streams:
-        await asyncio.sleep(0)  # abort() runs connection_lost, which releases the socket, on the next iteration
-
-
-def _listen_key(kind: int, host: str, port: int) -> tuple[int, str, int]:
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    return int(kind), host, int(port)
-
-
-class Server:
+class Server(RigControls):
     """A running pyturn server.
 
     ``config`` is a Config (built in code or by load_config) and is used exactly as given; without one the
@@ -246,10 +136,8 @@ class Server:
         self._relay_ports = relay_ports
         # AF_UNIX socketpairs among them link the workers' metrics (pyturn.net.metrics_workers).
         self._metrics_channels = [sock for sock in listen_sockets if sock.family == socket.AF_UNIX]
-        self._listen_sockets = {
-            _listen_key(sock.type, *sock.getsockname()[:2]): sock
-            for sock in listen_sockets if sock.family != socket.AF_UNIX
-        }
+        self._listeners = Listeners([sock for sock in listen_sockets if sock.family != socket.AF_UNIX],
+                                    reuse_port=reuse_port, auth_timeout=float(self.config.tcp_auth_timeout))
         unknown = set(transports) - set(TRANSPORTS)
         if unknown:
             raise PyturnError(f"unknown transports {sorted(unknown)}: choose among {TRANSPORTS}")
@@ -257,35 +145,14 @@ class Server:
         self._event_log = EventLog(hooks, keep=keep_events)
         if on_event is not None:
             self._event_log.listeners.append(on_event)
-        self._passwords: dict[str, str] = {}
         self._secret = secret
         self._ssl_context = ssl_context
         self._tls: ReloadableContext | None = None
         self._reuse_port = reuse_port
-        self._users_from_file = users is None
-        self._user_db: UserDB | None = None
-        self._user_file_mtime: float | None = None  # set by the first load, before the watcher compares with it
-        self._event_log.listeners.append(_ExpiredCredentialsLog(time.monotonic))
-        self._event_log.listeners.append(_RedirectLog(time.monotonic))
-        given: list[str | bytes] = (
-            [] if shared_secret is None
-            else [shared_secret] if isinstance(shared_secret, str | bytes) else list(shared_secret)
-        )
-        self._inline_secrets: list[str | bytes] = [*self.config.auth_shared_secret, *given]
-        self._file_secrets: list[bytes] = []
-        self._secret_file_mtime: float | None = None
-        self._shared_secrets = SharedSecrets((), realm=self.config.authentication_realm,
-                                             separator=self.config.auth_shared_secret_separator,
-                                             unix_offset=time.time() - time.monotonic())
-        if self.config.auth_shared_secret_file:
-            result = self._load_secret_file()
-            if result.problems:
-                raise SecretFileError("; ".join(result.problems))
-        self._shared_secrets = self._shared_secrets.with_secrets([*self._inline_secrets, *self._file_secrets])
-        self._users: UserLookup | None = self._initial_lookup(users)
-        self.reload_stats = ReloadStats()
-        self._lookup = self._combined_lookup()
-        self.reload_stats.last_success = time.time()
+        self._event_log.listeners.append(ExpiredCredentialsLog(time.monotonic))
+        self._event_log.listeners.append(RedirectLog(time.monotonic))
+        self._user_source = UserSource(self.config, users, shared_secret)
+        self.reload_stats = self._user_source.stats
         self._draining = False
         self._nonce_secrets: list[bytes] = []
         if self.config.nonce_secret_file:
@@ -295,110 +162,20 @@ class Server:
         self._metrics_answerers: list[SampleAnswerer] = []
         self.core: TurnServerCore | None = None
         self._runtime: Runtime | None = None
-        self._udp: list[UdpListener] = []
-        self._streams: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
-        self.addresses: dict[str, list[Address]] = {"udp": [], "tcp": [], "tls": []}
+        self.addresses: dict[str, list[Address]] = self._listeners.addresses
 
     # ----------------------------------------------------------------------------------------- users
-    def _initial_lookup(self, users: Users | None) -> UserLookup | None:
-        self._passwords = {}  # only users given as a mapping have passwords ice_servers() can hand out
-        if users is None:
-            if not self.config.user_database_file:
-                if self._shared_secrets:
-                    return None  # shared-secret credentials only
-                raise PyturnError("no users: pass users=... or shared_secret=..., or set UserDatabaseFile")
-            result = self._load_user_file()
-            if not result.loaded:
-                raise UserDBError("; ".join(result.problems) or "no valid user in the user file")
-            assert self._user_db is not None
-            return self._user_db.lookup
-        if isinstance(users, UserDB):
-            self._user_db = users
-            return users.lookup
-        if isinstance(users, Mapping):
-            self._user_db = UserDB.from_passwords(users, self.config.authentication_realm)
-            self._passwords = dict(users)
-            return self._user_db.lookup
-        return users
-
-    def _combined_lookup(self) -> UserLookup:
-        if not self._shared_secrets:
-            assert self._users is not None
-            return self._users
-        return UsersAndSecrets(self._users, self._shared_secrets)
-
-    def _load_secret_file(self) -> ReloadResult:
-        """AuthSharedSecretFile: on failure the secrets in force stay (and the error never shows a secret)."""
-        path = self.config.auth_shared_secret_file
-        try:
-            mtime = os.stat(path).st_mtime
-            secrets = load_secret_file(path)
-        except (OSError, SecretFileError) as error:
-            log.error("shared-secret file %s not reloaded, the old secrets stay in force: %s", path,
-                      error.strerror if isinstance(error, OSError) else error)
-            return ReloadResult(False, 0, [str(error)], secrets=len(self._shared_secrets))
-        self._file_secrets = secrets
-        self._secret_file_mtime = mtime
-        self._shared_secrets = self._shared_secrets.with_secrets([*self._inline_secrets, *secrets])
-        log.info("loaded %d shared secrets from %s", len(secrets), path)
-        return ReloadResult(True, 0, secrets=len(self._shared_secrets))
-
-    def _load_user_file(self) -> ReloadResult:
-        path = self.config.user_database_file
-        assert path
-        try:
-            mtime = os.stat(path).st_mtime
-            db, problems = load_user_file(path, hashed=self.config.user_database_hashed_passwords)
-        except (OSError, UserDBError) as error:
-            log.error("user file %s not reloaded, the old users stay in force: %s", path, error)
-            return ReloadResult(False, len(self._user_db or ()), [str(error)])
-        messages = [str(problem) for problem in problems]
-        for message in messages:
-            log.warning("%s", message)
-        if len(db) == 0:
-            log.error("user file %s has no valid user; the old users stay in force", path)
-            return ReloadResult(False, len(self._user_db or ()), messages)
-        if self.config.authentication_realm not in db.realms():
-            log.warning("no user in %s has the realm %r", path, self.config.authentication_realm)
-        self._user_db = db
-        self._user_file_mtime = mtime
-        log.info("loaded %d users from %s", len(db), path)
-        return ReloadResult(True, len(db), messages)
-
     def reload_users(self, users: Users | None = None) -> ReloadResult:
         """Swap in new users (given, or re-read from the user file) and re-read AuthSharedSecretFile.
 
         A failed reload keeps the old users (or secrets). ``loaded`` is false when either failed.
         """
-        secret_result = self._load_secret_file() if self.config.auth_shared_secret_file else None
-        if users is not None:
-            self._users = self._initial_lookup(users)
-            result = ReloadResult(True, len(self._user_db) if self._user_db is not None else 0)
-        elif self._users_from_file and self.config.user_database_file:
-            result = self._load_user_file()
-            if result.loaded:
-                assert self._user_db is not None
-                self._users = self._user_db.lookup
-        elif secret_result is not None:
-            result = ReloadResult(True, len(self._user_db) if self._user_db is not None else 0)
-        else:
-            return ReloadResult(False, 0, ["users were given in code; pass users= to reload them"],
-                                secrets=len(self._shared_secrets))
-        if secret_result is not None:
-            result = ReloadResult(result.loaded and secret_result.loaded, result.users,
-                                  [*result.problems, *secret_result.problems])
-        result = dataclasses.replace(result, secrets=len(self._shared_secrets))
-        self._lookup = self._combined_lookup()
-        if result.loaded:
-            self.reload_stats.successes += 1
-            self.reload_stats.last_success = time.time()
-        else:
-            self.reload_stats.failures += 1
+        result = self._user_source.reload(users)
         if self.core is not None:
-            self.core.set_user_lookup(self._lookup)
+            self.core.set_user_lookup(self._user_source.lookup)
         return result
 
     def reload_tls(self, ssl_context: ssl.SSLContext | None = None) -> bool:
@@ -428,8 +205,8 @@ class Server:
             return
         self._started = True
         loop = asyncio.get_running_loop()
-        self._shared_secrets.unix_offset = time.time() - loop.time()
-        self.core = TurnServerCore(self.config, users=self._lookup, secret=self._secret,
+        self._user_source.shared_secrets.unix_offset = time.time() - loop.time()
+        self.core = TurnServerCore(self.config, users=self._user_source.lookup, secret=self._secret,
                                    nonce_secrets=self._nonce_secrets)
         self.core.draining = self._draining
         self._runtime = Runtime(self.core, loop, self._event_log)
@@ -447,8 +224,7 @@ class Server:
                 await self.close()
                 raise
         self._tasks.append(loop.create_task(self._ticker()))
-        watches_users = self._users_from_file and bool(self.config.user_database_file)
-        if (watches_users or self.config.auth_shared_secret_file) and self.config.user_database_check_interval > 0:
+        if self._user_source.watched and self.config.user_database_check_interval > 0:
             self._tasks.append(loop.create_task(self._watch_user_file()))
 
     async def start_metrics(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -460,7 +236,7 @@ class Server:
 
         if self.metrics is not None:
             return self.metrics.address
-        adopted = self._listen_sockets.pop(_listen_key(socket.SOCK_STREAM, host, port), None)
+        adopted = self._listeners.adopt(socket.SOCK_STREAM, host, port)
         try:
             sock = adopted or bind_stream(host, port)
         except OSError as error:
@@ -472,7 +248,7 @@ class Server:
         from pyturn.net.metrics import answer_metrics_requests
 
         host, port = self.config.metrics_address, self.config.metrics_port
-        if self._metrics_channels and _listen_key(socket.SOCK_STREAM, host, port) not in self._listen_sockets:
+        if self._metrics_channels and listen_key(socket.SOCK_STREAM, host, port) not in self._listeners.adopted:
             # Workers = N: another worker serves the endpoint and asks this one for its samples.
             self._metrics_answerers = answer_metrics_requests(self, self._metrics_channels)
             return
@@ -532,13 +308,12 @@ class Server:
     @property
     def ready(self) -> bool:
         """Listeners bound, users loaded, not draining (what /readyz answers)."""
-        users_loaded = self._user_db is None or len(self._user_db) > 0  # a lookup callable counts as loaded
-        bound = bool(self._udp or self._streams)
-        return self._started and not self._closed and bound and users_loaded and not self.draining
+        bound = bool(self._listeners.udp or self._listeners.streams)
+        return self._started and not self._closed and bound and self._user_source.loaded and not self.draining
 
     def user_count(self) -> int:
         """Users in the database in force (0 when users come from a lookup callable)."""
-        return len(self._user_db) if self._user_db is not None else 0
+        return self._user_source.user_count()
 
     def refresh_addresses(self) -> None:
         """Re-read the host's interface addresses for the peer policy (start-up and SIGHUP: an interface may have
@@ -560,7 +335,8 @@ class Server:
         self.core.set_own_addresses(reachable)
 
     async def _open_listeners(self) -> None:
-        config = self.config
+        assert self._runtime is not None and self.core is not None
+        runtime, listeners, config = self._runtime, self._listeners, self.config
         hosts = [config.turn_address]
         if config.turn_v6_address:
             if has_ipv6():
@@ -568,7 +344,7 @@ class Server:
             else:
                 log.warning("IPv6 is not available on this host: serving IPv4 only")
         wanted = self._transports
-        port = await self._open_turn_listeners(hosts, config.turn_port)
+        port = await listeners.open_turn_port(runtime, hosts, config.turn_port, wanted)
         if "tls" in wanted and (config.tls_turn_port or self._ssl_context is not None):
             context = self._ssl_context
             if context is None:
@@ -576,86 +352,12 @@ class Server:
             self._tls = ReloadableContext(context)
             tls_port = config.tls_turn_port
             for host in hosts:
-                tls_port = await self._open_stream(host, tls_port, Transport.TLS, context)
+                tls_port = await listeners.open_stream(runtime, host, tls_port, Transport.TLS, context)
         if config.alt_stun_port and "udp" in wanted:
-            self._open_alternate(port)
-
-    async def _open_turn_listeners(self, hosts: list[str], port: int) -> int:
-        """UDP and TCP on one port for every host; returns the port. With port 0 the kernel picks the UDP port,
-        which another socket may already hold for TCP: then what was opened here is closed and another is tried."""
-        attempt = 1
-        while True:
-            chosen = port
-            try:
-                for host in hosts:
-                    if "udp" in self._transports:
-                        chosen = self._open_udp(host, chosen)
-                    if "tcp" in self._transports:
-                        chosen = await self._open_stream(host, chosen, Transport.TCP, None)
-                return chosen
-            except StartupError:
-                if port or attempt == EPHEMERAL_PORT_ATTEMPTS:
-                    raise
-            attempt += 1
-            for listener in self._udp:
-                listener.close()
-            self._udp.clear()
-            for server in self._streams:
-                server.close()
-                await server.wait_closed()
-            self._streams.clear()
-            self.addresses["udp"].clear()
-            self.addresses["tcp"].clear()
-
-    def _open_udp(self, host: str, port: int) -> int:
-        assert self._runtime is not None
-        try:
-            sock = self._listen_sockets.pop(_listen_key(socket.SOCK_DGRAM, host, port), None) or bind_udp(
-                host, port, reuse_port=self._reuse_port
-            )
-        except OSError as error:
-            raise StartupError(f"cannot listen on UDP {host}:{port}: {error.strerror or error}") from error
-        listener = UdpListener(self._runtime, sock)
-        self._udp.append(listener)
-        self.addresses["udp"].append(listener.address)
-        return listener.address[1]
-
-    async def _open_stream(self, host: str, port: int, kind: Transport, context: ssl.SSLContext | None) -> int:
-        assert self._runtime is not None
-        adopted = self._listen_sockets.pop(_listen_key(socket.SOCK_STREAM, host, port), None)
-        try:
-            if adopted is not None:
-                server = await self._runtime.loop.create_server(
-                    make_stream_factory(self._runtime, kind, float(self.config.tcp_auth_timeout)), sock=adopted,
-                    ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if context is not None else None,
-                )
-            else:
-                server = await start_stream_listener(
-                    self._runtime, host, port, kind, ssl_context=context,
-                    auth_timeout=float(self.config.tcp_auth_timeout), reuse_port=self._reuse_port,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                )
-        except OSError as error:
-            raise StartupError(
-                f"cannot listen on {kind.value.upper()} {host}:{port}: {error.strerror or error}"
-            ) from error
-        self._streams.append(server)
-        bound = server.sockets[0].getsockname()
-        self.addresses[kind.value].append((bound[0], bound[1]))
-        return int(bound[1])
-
-    def _open_alternate(self, primary_port: int) -> None:
-        """RFC 3489 / RFC 5780: three more UDP sockets, A1:P2, A2:P1, A2:P2 (docs/compatibility.md "Alternate
-        address")."""
-        assert self.core is not None
-        config = self.config
-        primary_host = config.turn_address
-        other_host = config.alt_stun_address
-        other_port = config.alt_stun_port
-        self._open_udp(primary_host, other_port)
-        self._open_udp(other_host, primary_port)
-        self._open_udp(other_host, other_port)
-        self.core.set_alternate((primary_host, primary_port), (other_host, other_port))
+            # RFC 3489 / RFC 5780 (docs/compatibility.md "Alternate address").
+            primary, other = (config.turn_address, port), (config.alt_stun_address, config.alt_stun_port)
+            listeners.open_alternate(runtime, primary, other)
+            self.core.set_alternate(primary, other)
 
     async def _ticker(self) -> None:
         assert self._runtime is not None and self.core is not None
@@ -665,7 +367,7 @@ class Server:
             try:
                 now = runtime.now()
                 # REST usernames carry a Unix time; the core's clock is the loop's. Follow wall-clock steps.
-                self._shared_secrets.unix_offset = time.time() - now
+                self._user_source.shared_secrets.unix_offset = time.time() - now
                 self._measure_bitrate(TICK_INTERVAL)
                 runtime.dispatch(core.tick(now))
             except Exception:
@@ -689,20 +391,9 @@ class Server:
 
     async def _watch_user_file(self) -> None:
         """UserDatabaseCheckInterval: reload when the user file's or the secret file's mtime changed."""
-        watched: list[tuple[str, Callable[[], float | None]]] = []
-        if self._users_from_file and self.config.user_database_file:
-            watched.append((self.config.user_database_file, lambda: self._user_file_mtime))
-        if self.config.auth_shared_secret_file:
-            watched.append((self.config.auth_shared_secret_file, lambda: self._secret_file_mtime))
         while True:
             await asyncio.sleep(self.config.user_database_check_interval)
-            changed = False
-            for path, loaded_mtime in watched:
-                try:
-                    changed = changed or os.stat(path).st_mtime != loaded_mtime()
-                except OSError:
-                    continue
-            if changed:
+            if self._user_source.changed():
                 self.reload_users()
 
     async def close(self) -> None:
@@ -722,163 +413,26 @@ class Server:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
-        for sock in self._listen_sockets.values():
-            sock.close()
-        self._listen_sockets.clear()
+        self._listeners.close_adopted()
         if self._runtime is not None and self._runtime.impairments is not None:
             self._runtime.impairments.close()
         if self.core is not None and self._runtime is not None:
             self._runtime.dispatch(self.core.close_all())
-        for listener in self._udp:
-            listener.close()
-        self._udp.clear()
-        for server in self._streams:
-            server.close()
+        self._listeners.stop()
         if self._runtime is not None:
             for stream in list(self._runtime.streams.values()):
                 stream.close()
             for relay in list(self._runtime.relays):
                 relay.close()
+            self._runtime.tcp.close_all()
             self._runtime.close_reserved()
-        for server in self._streams:
-            try:
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-            except (TimeoutError, Exception):
-                pass
-        self._streams.clear()
+        await self._listeners.wait_closed()
         if self._runtime is not None:
-            await _release_streams(self._runtime)
-
-    # ----------------------------------------------------------------- test-rig controls (docs/testing.md)
-    def _running(self) -> tuple[TurnServerCore, Runtime]:
-        if self.core is None or self._runtime is None or self._closed:
-            raise PyturnError("the server is not running: start() it first")
-        return self.core, self._runtime
-
-    def _impairments(self) -> RelayImpairments:
-        _, runtime = self._running()
-        if runtime.impairments is None:
-            controller = RelayImpairments(runtime)
-            self._event_log.listeners.append(controller.on_event)
-        impairments: RelayImpairments = runtime.impairments
-        return impairments
-
-    def impair(self, impairment: Impairment | None, *, direction: str = "both",
-               username: str | None = None) -> ActiveImpairment | None:
-        """Impair the relayed media of `username`'s allocations (or everyone's) in `direction` ("both",
-        "to_peer", "to_client"), including allocations created later; returns the live statistics.
-
-        One impairment per username (None = everyone's, used where no username has its own); a new one replaces
-        it. ``impair(None)`` removes them all, ``impair(None, username=...)`` that user's. STUN is never impaired.
-        """
-        return self._impairments().impair(impairment, direction, username)
-
-    @contextlib.contextmanager
-    def impaired(self, impairment: Impairment, *, direction: str = "both",
-                 username: str | None = None) -> Iterator[ActiveImpairment]:
-        """``with server.impaired(Impairment(...)) as stats:`` impairs the relay for the block only."""
-        active = self.impair(impairment, direction=direction, username=username)
-        assert active is not None
-        try:
-            yield active
-        finally:
-            self.remove_impairment(active)
-
-    def remove_impairment(self, active: ActiveImpairment) -> None:
-        """Take `active` (what impair() returned) out of force, unless another impairment replaced it."""
-        if self._runtime is not None and self._runtime.impairments is not None and not self._closed:
-            self._impairments().remove(active)
-
-    def pause_relay(self) -> None:
-        """Drop every relayed datagram, both ways, while STUN and TURN requests are still answered."""
-        self._impairments().pause()
-
-    def resume_relay(self) -> None:
-        """End pause_relay(): relaying (and any impairment in force) resumes."""
-        self._impairments().resume()
-
-    def expire_allocations(self, username: str | None = None) -> int:
-        """Delete `username`'s allocations (or all) as if their lifetime had run out; returns how many went.
-
-        The core deletes them as its timer would (AllocationDeleted with reason "expired", hooks called)."""
-        core, runtime = self._running()
-        actions = core.expire_allocations(runtime.now(), username)
-        runtime.dispatch(actions)
-        return sum(1 for action in actions if isinstance(action, AllocationDeleted))
-
-    def fail_next(self, method: Method | int | str, code: int, count: int = 1) -> None:
-        """The next `count` authenticated requests of `method` ("ALLOCATE", "REFRESH", "CREATE_PERMISSION",
-        "CHANNEL_BIND" or a pyturn.Method) are answered with error `code`, signed with the user's key."""
-        core, _ = self._running()
-        core.faults.add(method, code, count)
-
-    def expire_nonces(self) -> None:
-        """Make every nonce issued so far stale: each client's next authenticated request gets 438."""
-        core, _ = self._running()
-        core.expire_nonces()
-
-    def close_connections(self, username: str | None = None) -> int:
-        """Drop (RST) the TCP/TLS client connections (of `username`'s allocations, or all); returns how many.
-
-        Their allocations die with them (RFC 8656 §7), as when a client's connection breaks."""
-        core, runtime = self._running()
-        dropped = 0
-        for five_tuple, stream in list(runtime.streams.items()):
-            allocation = core.allocations.get(five_tuple)
-            if username is not None and (allocation is None or allocation.username != username):
-                continue
-            if stream.transport is not None:
-                stream.transport.abort()
-                dropped += 1
-        return dropped
+            await release_streams(self._runtime)
 
     # ------------------------------------------------------------------------------------------ queries
     def allocation_count(self) -> int:
         return len(self.core.allocations) if self.core is not None else 0
-
-    @property
-    def events(self) -> list[Event]:
-        """The core's latest events (up to pyturn.hooks.EVENTS_KEPT), oldest first."""
-        return list(self._event_log.events)
-
-    @property
-    def ended_allocations(self) -> list[AllocationEnded]:
-        """Every deleted allocation (the latest EVENTS_KEPT) with the bytes it relayed each way."""
-        return list(self._event_log.ended)
-
-    def relayed_bytes(self) -> RelayedBytes:
-        """Payload bytes relayed so far in each direction, by deleted and live allocations together."""
-        return self._event_log.relayed_bytes(self._runtime.relays if self._runtime is not None else ())
-
-    async def wait_for_event(
-        self, kind: type[EventType], *, where: Callable[[EventType], bool] | None = None, timeout: float = 5.0
-    ) -> EventType:
-        """The first recorded event of type ``kind`` (for which ``where`` is true), waiting for it if needed.
-
-        Raises TimeoutError when none arrives within ``timeout`` seconds.
-        """
-
-        def matching(event: object) -> EventType | None:
-            if isinstance(event, kind) and (where is None or where(event)):
-                return event
-            return None
-
-        for event in self._event_log.events:
-            found = matching(event)
-            if found is not None:
-                return found
-        arrived: asyncio.Future[EventType] = asyncio.get_running_loop().create_future()
-
-        def listener(event: Event) -> None:
-            found = matching(event)
-            if found is not None and not arrived.done():
-                arrived.set_result(found)
-
-        self._event_log.listeners.append(listener)
-        try:
-            return await asyncio.wait_for(arrived, timeout)
-        finally:
-            self._event_log.listeners.remove(listener)
 
     def turn_uris(self, transports: Collection[str] = TRANSPORTS, *, host: str | None = None) -> list[str]:
         """RFC 7065 URIs of the open listeners, UDP first: ``turn:127.0.0.1:PORT?transport=udp``,
@@ -893,7 +447,7 @@ class Server:
                 continue
             scheme, protocol = ("turns", "tcp") if kind == "tls" else ("turn", kind)
             for bound_host, port in self.addresses[kind]:
-                uris.append(f"{scheme}:{_uri_host(host or bound_host)}:{port}?transport={protocol}")
+                uris.append(f"{scheme}:{uri_host(host or bound_host)}:{port}?transport={protocol}")
         return uris
 
     def ice_servers(
@@ -911,7 +465,7 @@ class Server:
         uses only the first TURN URL it can, so pass ``transports=("tcp",)`` to make it relay over TCP.
         """
         if password is None:
-            password = self._passwords.get(username)
+            password = self._user_source.passwords.get(username)
             if password is None:
                 raise PyturnError(f"no password known for {username!r}: pass password= explicitly")
         return [{"urls": self.turn_uris(transports, host=host), "username": username, "credential": password}]

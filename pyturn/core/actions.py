@@ -47,6 +47,7 @@ class OpenRelay:
     dont_fragment: bool
     reserve_next: bool = False
     reserved: bool = False
+    tcp: bool = False  # RFC 6062 §5.1: a listening TCP socket instead of a UDP one (never reserve_next/reserved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,52 @@ class SendToPeer:
     dont_fragment: bool = False
 
 
-Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | ReleasePort | Event
+@dataclass(frozen=True, slots=True)
+class ConnectPeer:
+    """RFC 6062 §5.2: open a TCP connection from the relayed address of relay `handle` to `peer`, then call
+    ``tcp_relays.peer_connected`` or ``peer_connect_failed`` with `connection_id`. Read nothing from it until a
+    BindDataConnection joins it to a client data connection."""
+
+    connection_id: int
+    handle: Any
+    peer: Address
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptPeer:
+    """RFC 6062 §5.3: keep the connection `connection` a peer made to relay `handle` as `connection_id`; read
+    nothing from it until a BindDataConnection joins it."""
+
+    connection_id: int
+    handle: Any
+    connection: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RefusePeer:
+    """RFC 6062 §5.3: close the connection a peer made to a relayed address at once (no permission, caps)."""
+
+    connection: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BindDataConnection:
+    """RFC 6062 §5.4: from now on the client's stream `five_tuple` and peer connection `connection_id` carry
+    each other's bytes as they are, after the ConnectionBind response already queued on the stream."""
+
+    connection_id: int
+    five_tuple: FiveTuple
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePeerConnection:
+    """Close peer connection `connection_id` (or abandon its connect) and the client data connection joined to it."""
+
+    connection_id: int
+
+
+TcpRelayAction = ConnectPeer | AcceptPeer | RefusePeer | BindDataConnection | ClosePeerConnection
+Action = SendToClient | SendFrom | OpenRelay | CloseRelay | SendToPeer | ReleasePort | TcpRelayAction | Event
 
 
 class RelayFailure(Enum):

@@ -7,26 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyturn.core.actions import (
-    Action,
-    OpenRelay,
-)
-from pyturn.core.allocation import (
-    FAMILY_IPV4,
-    FAMILY_IPV6,
-    Allocation,
-    FiveTuple,
-    family_of,
-)
+from pyturn.core.actions import Action, OpenRelay
+from pyturn.core.allocation import FAMILY_IPV4, FAMILY_IPV6, Allocation, FiveTuple, family_of
 from pyturn.core.auth import Credentials
 from pyturn.core.ports import PortPool
 from pyturn.core.redirect import Capacity, capacity_reason, redirect
 from pyturn.core.reservations import redeem
+from pyturn.core.tcp_relay import TCP_PROTOCOL, check_tcp_allocate
 from pyturn.errors import TurnError
 from pyturn.wire.message import Attr, Message
 
 if TYPE_CHECKING:
-    from pyturn.core.dispatch import TurnServerCore
+    from pyturn.core.state import CoreState
 
 UDP_PROTOCOL = 17  # RFC 8656 §14.7 REQUESTED-TRANSPORT value for UDP
 
@@ -46,6 +38,7 @@ class PendingAllocation:
     even: bool
     reserve_next: bool
     from_reservation: bool
+    tcp: bool = False  # RFC 6062: a TCP relayed address
     attempts: int = 1
 
     def release_ports(self, ports: PortPool) -> None:
@@ -55,7 +48,7 @@ class PendingAllocation:
 
 
 def allocate(
-    core: TurnServerCore,
+    state: CoreState,
     request: Message,
     five_tuple: FiveTuple,
     credentials: Credentials,
@@ -63,20 +56,23 @@ def allocate(
     now: float,
 ) -> list[Action]:
     """RFC 8656 §7.2 (and RFC 6156 §4.2 for the address family)."""
-    config = core.config
+    config = state.config
     # §7.2 step 2: a 5-tuple already allocated -> 437 (a retransmission was answered from the cache).
     if allocation is not None:
         raise TurnError(437, "Allocation Mismatch")
-    for waiting in core._pending.values():
+    for waiting in state.pending.values():
         if waiting.five_tuple == five_tuple:
             if waiting.request.transaction_id == request.transaction_id:
                 return []  # retransmitted while the relay is being opened: the answer is on its way
             raise TurnError(437, "Allocation Mismatch")
-    # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP.
+    # §7.2 step 3: REQUESTED-TRANSPORT must be there and be UDP, or TCP (RFC 6062 §5.1 item 1) when enabled.
     transport = request.get(Attr.REQUESTED_TRANSPORT)
     if transport is None:
         raise TurnError(400, "Bad Request")
-    if transport != UDP_PROTOCOL:
+    tcp = transport == TCP_PROTOCOL and state.config.tcp_relay
+    if tcp:
+        check_tcp_allocate(request, five_tuple)  # RFC 6062 §5.1 items 2 and 3: 400
+    elif transport != UDP_PROTOCOL:
         raise TurnError(442, "Unsupported Transport Protocol")
     even_port = request.get(Attr.EVEN_PORT)
     token = request.get(Attr.RESERVATION_TOKEN)
@@ -91,21 +87,21 @@ def allocate(
     family = family_requested or FAMILY_IPV4
     # §7.2 step 6 (RFC 8656 §7.2 "486 Allocation Quota Reached").
     user = (credentials.username, credentials.realm)
-    if config.max_allocations_per_user and core._per_user.get(user, 0) >= config.max_allocations_per_user:
+    if config.max_allocations_per_user and state.per_user.get(user, 0) >= config.max_allocations_per_user:
         raise TurnError(486, "Allocation Quota Reached")
-    full = capacity_reason(core)
+    full = capacity_reason(state)
     if full is not None:  # draining, MaxAllocations, MaxRelayedBitrate: 300 to another instance, or 508
-        return redirect(core, request, five_tuple, credentials, full, now)
-    lifetime = granted_lifetime(core, request)
+        return redirect(state, request, five_tuple, credentials, full, now)
+    lifetime = granted_lifetime(state, request)
     reserve_next = bool(even_port)
     if token is not None:
         # RFC 8656 §7.2: the relay takes the reserved port, in the family of the allocation that reserved it.
         port: int | None
-        port, family = redeem(core, token, now)
+        port, family = redeem(state, token, now)
     else:
-        port = core._ports.take(now, even=even_port is not None, with_next=reserve_next)
+        port = state.ports.take(now, even=even_port is not None, with_next=reserve_next)
         if port is None:
-            return redirect(core, request, five_tuple, credentials, Capacity.PORTS_EXHAUSTED, now)
+            return redirect(state, request, five_tuple, credentials, Capacity.PORTS_EXHAUSTED, now)
     if port is None:
         raise TurnError(508, "Insufficient Capacity")
     pending = PendingAllocation(
@@ -114,28 +110,29 @@ def allocate(
         credentials=credentials,
         lifetime=lifetime,
         family=family,
-        host=relay_host(core, family, five_tuple),
+        host=relay_host(state, family, five_tuple),
         port=port,
         dont_fragment=request.has(Attr.DONT_FRAGMENT),
         even=even_port is not None,
         reserve_next=reserve_next,
         from_reservation=token is not None,
+        tcp=tcp,
     )
-    return [open_relay(core, pending)]
+    return [open_relay(state, pending)]
 
 
-def granted_lifetime(core: TurnServerCore, request: Message) -> int:
+def granted_lifetime(state: CoreState, request: Message) -> int:
     """reTurn's arithmetic (docs/compatibility.md "Lifetimes"): the default is also the floor, the maximum the cap."""
-    default = core.config.default_allocation_lifetime
-    maximum = core.config.max_allocation_lifetime
+    default = state.config.default_allocation_lifetime
+    maximum = state.config.max_allocation_lifetime
     requested: int | None = request.get(Attr.LIFETIME)
     if requested is None or requested <= default:
         return default
     return min(requested, maximum)
 
 
-def relay_host(core: TurnServerCore, family: int, five_tuple: FiveTuple) -> str:
-    config = core.config
+def relay_host(state: CoreState, family: int, five_tuple: FiveTuple) -> str:
+    config = state.config
     configured = config.relay_v6_address if family == FAMILY_IPV6 else config.relay_address
     if configured:
         return configured
@@ -147,10 +144,10 @@ def relay_host(core: TurnServerCore, family: int, five_tuple: FiveTuple) -> str:
     return config.turn_address if family_of(config.turn_address) == FAMILY_IPV4 else "0.0.0.0"
 
 
-def open_relay(core: TurnServerCore, pending: PendingAllocation) -> OpenRelay:
-    core._next_token += 1
-    core._pending[core._next_token] = pending
+def open_relay(state: CoreState, pending: PendingAllocation) -> OpenRelay:
+    """Ask the adapter for the relay socket of `pending` (answered by relay_opened or relay_failed)."""
+    token = state.add_pending(pending)
     return OpenRelay(
-        core._next_token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment,
-        reserve_next=pending.reserve_next, reserved=pending.from_reservation,
+        token, pending.five_tuple, pending.family, pending.host, pending.port, pending.dont_fragment,
+        reserve_next=pending.reserve_next, reserved=pending.from_reservation, tcp=pending.tcp,
     )

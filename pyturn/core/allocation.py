@@ -68,6 +68,7 @@ class Allocation:
     # core relayed an indication to or from whose IP still has a permission (pyturn.core.routes, learn()).
     peer_attributes: dict[Address, bytes] = field(default_factory=dict)
     reserved_port: int | None = None
+    tcp: bool = False  # a TCP relayed address (RFC 6062): peers reach it with Connect and ConnectionAttempt
     # The deadlines of this allocation's entries in the deadline heap: its own (a Refresh may move `expires`
     # either way) and the one for its permissions and channels together (inf while it has neither).
     scheduled: float = 0.0

@@ -74,5 +74,16 @@ class AllocationRedirected:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class DataConnectionBound:
+    """RFC 6062 §5.4: the TCP allocation of `five_tuple` relays between `peer` and the client data connection
+    `data_connection`, joined by a ConnectionBind for `connection_id`."""
+
+    five_tuple: FiveTuple
+    connection_id: int
+    peer: Address
+    data_connection: FiveTuple
+
+
 Event = (AllocationCreated | AllocationRefreshed | AllocationDeleted | PermissionInstalled | ChannelBound | AuthFailed
-         | AllocationRedirected)
+         | AllocationRedirected | DataConnectionBound)

@@ -1,14 +1,26 @@
-"""Injected request failures for test rigs (``Server.fail_next``): which TURN requests get which error. Pure.
+"""Faults for test rigs (docs/testing.md has recipes). Pure.
 
-The core asks ``take(method)`` once a request has been authenticated, so the injected error is signed with the
-user's key like any other answer to that request (RFC 8489 §9.2.4). docs/testing.md has recipes.
+* Injected request failures (``Server.fail_next``): which TURN requests get which error. The core asks
+  ``take(method)`` once a request has been authenticated, so the injected error is signed with the user's key
+  like any other answer to that request (RFC 8489 §9.2.4).
+* ``expire_allocations`` and ``expire_nonces``: lifetimes and nonces running out on demand.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
-from pyturn.wire.message import Method
+from pyturn.core.actions import Action
+from pyturn.core.allocation import FiveTuple
+from pyturn.core.auth import Challenge, Credentials
+from pyturn.core.deletion import delete_allocation
+from pyturn.core.transactions import error_response_for, refuse, reply
+from pyturn.errors import TurnError
+from pyturn.wire.message import Attr, Message, Method
+
+if TYPE_CHECKING:
+    from pyturn.core.state import CoreState
 
 # The methods whose requests the core authenticates and can therefore fail on purpose (RFC 8656 §7-§11).
 FAILABLE_METHODS = (Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND)
@@ -90,3 +102,33 @@ class FailureInjector:
 
     def clear(self) -> None:
         self._queued.clear()
+
+
+def injected_failure(
+    state: CoreState, request: Message, five_tuple: FiveTuple, credentials: Credentials, code: int
+) -> list[Action]:
+    """The answer to an authenticated request that takes the queued error `code`."""
+    error = TurnError(code, reason_for(code))
+    if code in (401, 438):
+        # Challenges carry REALM and a fresh NONCE and no MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
+        return refuse(state, request, five_tuple, Challenge(code, error.reason))
+    response = error_response_for(request, error)
+    if request.method == Method.ALLOCATE:
+        response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
+    return [reply(state, request, response, five_tuple, credentials.key)]
+
+
+def expire_allocations(state: CoreState, username: str | None = None) -> list[Action]:
+    """Delete the allocations (of `username`, or all) as if their lifetime had run out."""
+    actions: list[Action] = []
+    for allocation in list(state.allocations.values()):
+        if username is None or allocation.username == username:
+            actions.extend(delete_allocation(state, allocation, "expired"))
+    return actions
+
+
+def expire_nonces(state: CoreState, secret: bytes) -> None:
+    """Sign and check nonces with the new key `secret` only: every nonce issued so far is stale, so the next
+    authenticated request of each client gets 438 and a new nonce (RFC 8489 §9.2.4). Reservation tokens keep
+    their key; reloading a NonceSecretFile brings its secrets back."""
+    state.nonces.set_secrets([secret])

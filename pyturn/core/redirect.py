@@ -31,7 +31,7 @@ from pyturn.errors import TurnError
 from pyturn.wire.message import Address, Attr, Message
 
 if TYPE_CHECKING:
-    from pyturn.core.dispatch import TurnServerCore
+    from pyturn.core.state import CoreState
 
 
 class Capacity:
@@ -93,33 +93,33 @@ def own_addresses(listening: Iterable[Address], interface_ips: Iterable[str]) ->
     return own
 
 
-def capacity_reason(core: TurnServerCore) -> str | None:
+def capacity_reason(state: CoreState) -> str | None:
     """Why a new allocation is not taken here (Capacity), or None. The port pool is checked when a port is taken."""
-    if core.draining:
+    if state.draining:
         return Capacity.DRAINING
-    limit = core.config.max_allocations
-    if limit and len(core._allocations) + len(core._pending) >= limit:
+    limit = state.config.max_allocations
+    if limit and len(state.allocations) + len(state.pending) >= limit:
         return Capacity.MAX_ALLOCATIONS
-    if core.over_bitrate:
+    if state.over_bitrate:
         return Capacity.BITRATE
     return None
 
 
 def redirect(
-    core: TurnServerCore, request: Message, five_tuple: FiveTuple, credentials: Credentials, reason: str, now: float
+    state: CoreState, request: Message, five_tuple: FiveTuple, credentials: Credentials, reason: str, now: float
 ) -> list[Action]:
     """RFC 8489 §10: 300 Try Alternate naming another instance, authenticated with the request's key so an off-path
     attacker cannot forge it; 508 (RFC 8656 §7.2) when no alternate fits or the client was already redirected once
     (the loop guard). Without AlternateServers it raises the plain 508 of a server that knows no other."""
-    alternates = core.alternates
+    alternates = state.alternates
     if not alternates.servers:
         raise TurnError(508, "Insufficient Capacity")
     target = alternates.choose(five_tuple.client, five_tuple.transport)
     nonce = request.get(Attr.NONCE)
-    if target is None or (nonce is not None and core._nonces.check(nonce, now) is NonceState.REDIRECTED):
+    if target is None or (nonce is not None and state.nonces.check(nonce, now) is NonceState.REDIRECTED):
         response = error_response_for(request, TurnError(508, "Insufficient Capacity"))
         response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple.client)
-        return [reply(core, request, response, five_tuple, credentials.key),
+        return [reply(state, request, response, five_tuple, credentials.key),
                 AllocationRedirected(five_tuple, None, reason)]
     response = error_response_for(request, TurnError(300, "Try Alternate"))
     response.add(Attr.ALTERNATE_SERVER, target.server)
@@ -128,6 +128,6 @@ def redirect(
     # REALM and a nonce marked "redirected": clients that take them (libwebrtc does) need no 401 round trip at an
     # instance sharing NonceSecretFile, and that instance will not redirect them again.
     response.add(Attr.REALM, credentials.realm)
-    response.add(Attr.NONCE, core._nonces.issue(now, redirected=True))
-    return [reply(core, request, response, five_tuple, credentials.key),
+    response.add(Attr.NONCE, state.nonces.issue(now, redirected=True))
+    return [reply(state, request, response, five_tuple, credentials.key),
             AllocationRedirected(five_tuple, target.server, reason)]

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyturn.core.actions import (
-    Action,
-)
+from pyturn.core.actions import Action
 from pyturn.core.allocate import granted_lifetime
-from pyturn.core.allocation import (
-    Allocation,
-    FiveTuple,
-)
+from pyturn.core.allocation import Allocation, FiveTuple
 from pyturn.core.auth import Credentials
-from pyturn.core.events import (
-    AllocationRefreshed,
-)
+from pyturn.core.deletion import delete_allocation
+from pyturn.core.events import AllocationRefreshed
 from pyturn.core.permissions import check_owner
 from pyturn.core.timers import DeadlineKind
 from pyturn.core.transactions import reply, success_response
@@ -24,10 +18,11 @@ from pyturn.errors import TurnError
 from pyturn.wire.message import Attr, Message
 
 if TYPE_CHECKING:
-    from pyturn.core.dispatch import TurnServerCore
+    from pyturn.core.state import CoreState
+
 
 def refresh(
-    core: TurnServerCore,
+    state: CoreState,
     request: Message,
     five_tuple: FiveTuple,
     credentials: Credentials,
@@ -42,14 +37,14 @@ def refresh(
         raise TurnError(443, "Peer Address Family Mismatch")
     response = success_response(request)
     if request.get(Attr.LIFETIME) == 0:
-        actions = core._delete(allocation, "refresh")
+        actions = delete_allocation(state, allocation, "refresh")
         response.add(Attr.LIFETIME, 0)
-        return [reply(core, request, response, five_tuple, credentials.key), *actions]
-    lifetime = granted_lifetime(core, request)
+        return [reply(state, request, response, five_tuple, credentials.key), *actions]
+    lifetime = granted_lifetime(state, request)
     allocation.expires = now + lifetime
     if allocation.expires < allocation.scheduled:  # a shorter lifetime: the scheduled entry would fire late
         allocation.scheduled = allocation.expires
-        core._deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
-        core._deadlines.note_stale()
+        state.deadlines.push(allocation.expires, DeadlineKind.ALLOCATION, allocation)
+        state.deadlines.note_stale()
     response.add(Attr.LIFETIME, lifetime)
-    return [reply(core, request, response, five_tuple, credentials.key), AllocationRefreshed(five_tuple, lifetime)]
+    return [reply(state, request, response, five_tuple, credentials.key), AllocationRefreshed(five_tuple, lifetime)]

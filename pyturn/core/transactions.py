@@ -1,24 +1,22 @@
 """Answers: success and error responses, their encoding (SOFTWARE, FINGERPRINT, MESSAGE-INTEGRITY), the
-retransmission cache (RFC 8489 §6.3.1) and the amplification rule for unauthenticated answers.
+retransmission cache (RFC 8489 §6.3.1), the amplification rule and the rate limit of unauthenticated answers.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyturn.core.actions import (
-    SendToClient,
-)
-from pyturn.core.allocation import (
-    FiveTuple,
-)
+from pyturn.core.actions import Action, SendToClient
+from pyturn.core.allocation import FiveTuple, Transport
+from pyturn.core.auth import Challenge
+from pyturn.core.stats import RATE_LIMITED
 from pyturn.core.timers import DeadlineKind
 from pyturn.errors import TurnError
 from pyturn.wire.codec import encode_message
 from pyturn.wire.message import Attr, Message, MessageClass, error_response, response_for
 
 if TYPE_CHECKING:
-    from pyturn.core.dispatch import TurnServerCore
+    from pyturn.core.state import CoreState
 
 # RFC 8489 §6.3.1: keep a transaction's answer for 40 s, the whole time a client may retransmit (Ti = 39.5 s).
 RESPONSE_CACHE_LIFETIME = 40.0
@@ -41,10 +39,10 @@ def error_response_for(request: Message, error: TurnError) -> Message:
     return error_response(request, error.code, error.reason)
 
 
-def encode_response(core: TurnServerCore, request: Message, response: Message, key: bytes | None) -> bytes:
+def encode_response(state: CoreState, request: Message, response: Message, key: bytes | None) -> bytes:
     if response.msg_class is MessageClass.ERROR:
-        core.stats.error_response(response.method, response.get(Attr.ERROR_CODE)[0])
-    software = core._software
+        state.stats.error_response(response.method, response.get(Attr.ERROR_CODE)[0])
+    software = state.software
     if software is not None:
         response.add(Attr.SOFTWARE, software)
     # RFC 8489 §14.7 / reTurn: FINGERPRINT is mirrored when the request carried one.
@@ -57,7 +55,7 @@ def encode_response(core: TurnServerCore, request: Message, response: Message, k
 
 
 def reply(
-    core: TurnServerCore, request: Message, response: Message, five_tuple: FiveTuple, key: bytes | None
+    state: CoreState, request: Message, response: Message, five_tuple: FiveTuple, key: bytes | None
 ) -> SendToClient:
     """Encode a response; authenticated ones carry MESSAGE-INTEGRITY and are kept for retransmissions.
 
@@ -65,14 +63,38 @@ def reply(
     retransmitted Refresh(LIFETIME 0) after the deletion gets 437, which RFC 8656 §7.3 tells clients to take
     as success. Unauthenticated and allocation-less answers are recomputed, with the same result.
     """
-    data = encode_response(core, request, response, key)
+    data = encode_response(state, request, response, key)
     if key is not None:
-        allocation = core._allocations.get(five_tuple)
+        allocation = state.allocations.get(five_tuple)
         if allocation is not None:
             responses = allocation.responses
             if not responses:
-                core._deadlines.push(core._now + RESPONSE_CACHE_LIFETIME, DeadlineKind.RESPONSES, allocation)
+                state.deadlines.push(state.now + RESPONSE_CACHE_LIFETIME, DeadlineKind.RESPONSES, allocation)
             elif len(responses) >= RESPONSES_KEPT:
                 del responses[next(iter(responses))]  # the oldest
-            responses[request.transaction_id] = (core._now + RESPONSE_CACHE_LIFETIME, data)
+            responses[request.transaction_id] = (state.now + RESPONSE_CACHE_LIFETIME, data)
     return SendToClient(five_tuple, data)
+
+
+def _is_loopback(host: str) -> bool:
+    # Loopback sources cannot be spoofed from outside the host, so they cannot be reflection victims.
+    return host.startswith("127.") or host == "::1"
+
+
+def refuse(state: CoreState, request: Message, five_tuple: FiveTuple, error: TurnError) -> list[Action]:
+    """An error answer before authentication, limited per source IP on UDP (docs/security.md "Rate limit")."""
+    limiter = state.limiter
+    if (
+        limiter is not None
+        and five_tuple.transport is Transport.UDP
+        and not _is_loopback(five_tuple.client[0])
+        and not limiter.allow(five_tuple.client[0], state.now)
+    ):
+        state.stats.auth_failure(RATE_LIMITED)
+        return []
+    response = error_response_for(request, error)
+    if isinstance(error, Challenge):
+        # RFC 8489 §9.2.4: 401 and 438 carry the REALM and a fresh NONCE.
+        response.add(Attr.REALM, state.config.authentication_realm)
+        response.add(Attr.NONCE, state.nonces.issue(state.now))
+    return [reply(state, request, response, five_tuple, None)]

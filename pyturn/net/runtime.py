@@ -14,9 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pyturn.core.actions import (
+    AcceptPeer,
     Action,
+    BindDataConnection,
+    ClosePeerConnection,
     CloseRelay,
+    ConnectPeer,
     OpenRelay,
+    RefusePeer,
     RelayFailure,
     ReleasePort,
     SendFrom,
@@ -41,12 +46,14 @@ from pyturn.net.sockets import (
     set_dont_fragment,
 )
 from pyturn.net.stream import StreamConnection
+from pyturn.net.tcp_relay import TcpRelayAdapter
 from pyturn.net.udp import UdpListener
 from pyturn.wire.message import Address
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[Any], None]
+_TCP_RELAY_ACTIONS = frozenset((BindDataConnection, ClosePeerConnection, ConnectPeer, AcceptPeer, RefusePeer))
 
 def _log_lifecycle(event: AllocationCreated | AllocationDeleted) -> None:
     """The allocation lifecycle lines of the server log, written from the core's events."""
@@ -68,6 +75,7 @@ class Runtime:
         self.udp_listeners: dict[Address, UdpListener] = {}
         self.streams: dict[FiveTuple, StreamConnection] = {}
         self.relays: set[RelayEndpoint] = set()
+        self.tcp = TcpRelayAdapter(self)  # RFC 6062 relayed addresses and peer connections (pyturn.net.tcp_relay)
         # Relayed datagrams and bytes by client transport, added once per wake-up by the relay loops.
         self.relayed_to_peer = {kind: RelayCounter() for kind in Transport}
         self.relayed_to_client = {kind: RelayCounter() for kind in Transport}
@@ -110,9 +118,9 @@ class Runtime:
         """Relay sockets refused so far (out of descriptors or the socket budget)."""
         return self._relay_refusals.total
 
-    def _sockets_exhausted(self) -> bool:
+    def sockets_exhausted(self) -> bool:
         return bool(self.socket_budget) and (
-            len(self.streams) + len(self.relays) + len(self.reserved) >= self.socket_budget
+            len(self.streams) + len(self.relays) + len(self.reserved) + self.tcp.sockets >= self.socket_budget
         )
 
     def now(self) -> float:
@@ -133,7 +141,7 @@ class Runtime:
         if (
             (self.max_streams and len(self.streams) >= self.max_streams)
             or (self.max_streams_per_source and count >= self.max_streams_per_source)
-            or self._sockets_exhausted()
+            or self.sockets_exhausted()
         ):
             self._stream_refusals.note(self.now())
             return False
@@ -166,6 +174,8 @@ class Runtime:
                 closing.close()
             elif kind is ReleasePort:
                 self.release_reserved(action.family, action.port)  # type: ignore[union-attr]
+            elif kind in _TCP_RELAY_ACTIONS:
+                self.tcp.perform(action)  # type: ignore[arg-type]
             elif kind is SendFrom:
                 listener = self.udp_listeners.get(action.source)  # type: ignore[union-attr]
                 if listener is not None:
@@ -207,7 +217,7 @@ class Runtime:
                 else:
                     self.dispatch([action])
 
-    def _relay_failure(self, error: OSError, host: str, port: int, now: float) -> RelayFailure:
+    def relay_failure(self, error: OSError, host: str, port: int, now: float) -> RelayFailure:
         if error.errno == errno.EADDRINUSE:
             return RelayFailure.PORT_IN_USE
         if error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.ENETUNREACH):
@@ -224,9 +234,11 @@ class Runtime:
         now = self.now()
         core = self.core
         held = self.reserved.pop((action.family, action.port), None) if action.reserved else None
-        if held is None and self._sockets_exhausted():
+        if held is None and self.sockets_exhausted():
             self._relay_refusals.note(now)  # 508 rather than EMFILE later on an accept or a log file
             return core.relay_failed(action.token, RelayFailure.OTHER, now)
+        if action.tcp:
+            return self.tcp.open_listener(action, now)  # RFC 6062 (never reserved)
         host = action.host
         try:
             if held is not None and not self.share_reserved_ports:
@@ -244,7 +256,7 @@ class Runtime:
                 # SO_REUSEPORT group takes the port over (see _hold_reserved).
                 sock = bind_udp(host, action.port, reuse_port=action.reserved and self.share_reserved_ports)
         except OSError as error:
-            return core.relay_failed(action.token, self._relay_failure(error, host, action.port, now), now)
+            return core.relay_failed(action.token, self.relay_failure(error, host, action.port, now), now)
         finally:
             if held is not None:
                 held.close()  # our own placeholder: the relay socket has joined its group (or could not)
@@ -256,7 +268,7 @@ class Runtime:
                                                                                       action.port + 1)
             except OSError as error:
                 sock.close()
-                failure = self._relay_failure(error, host, action.port + 1, now)
+                failure = self.relay_failure(error, host, action.port + 1, now)
                 return core.relay_failed(action.token, failure, now, port=action.port + 1)
         if action.dont_fragment and not set_dont_fragment(sock, family):
             sock.close()

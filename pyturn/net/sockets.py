@@ -39,6 +39,15 @@ def is_wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
 
 
+def uri_host(host: str) -> str:
+    """RFC 7065 §3.1 host: IPv6 literals in brackets; a wildcard bind is reached through loopback."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def local_address_towards(family: int, destination: Address) -> str:
     """The local IP the kernel would use to reach `destination` (a connect() on UDP sends nothing)."""
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -161,8 +170,11 @@ def has_ipv6() -> bool:
     return True
 
 
-def bind_stream(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening, non-blocking TCP socket (IPv6 only on IPv6 addresses; SO_REUSEADDR for TIME_WAIT)."""
+def bind_stream(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int | None = LISTEN_BACKLOG
+) -> socket.socket:
+    """A listening, non-blocking TCP socket (IPv6 only on IPv6 addresses; SO_REUSEADDR for TIME_WAIT); with
+    backlog None bound only, for connecting out from that address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -172,7 +184,8 @@ def bind_stream(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
+        if backlog is not None:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()

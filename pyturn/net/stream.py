@@ -39,6 +39,9 @@ class StreamConnection(asyncio.Protocol):
         self.relayed = runtime.relayed_to_peer[transport_kind]
         self.auth_timeout = auth_timeout
         self.timer: asyncio.TimerHandle | None = None
+        # RFC 6062 §5.4: after ConnectionBind, the peer connection (pyturn.net.tcp_relay.PeerLink) that this
+        # client data connection's bytes go to, unframed.
+        self.pipe: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check here.
@@ -56,11 +59,14 @@ class StreamConnection(asyncio.Protocol):
 
     def _check_authenticated(self) -> None:
         self.timer = None
-        if self.five_tuple is not None and self.five_tuple not in self.runtime.core.allocations:
+        if self.five_tuple is not None and self.five_tuple not in self.runtime.core.allocations and self.pipe is None:
             log.debug("closing %s connection from %s: no allocation in time", self.kind.value, self.five_tuple.client)
             self.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.from_client(data)
+            return
         five_tuple = self.five_tuple
         if five_tuple is None:
             return  # a refused connection: nothing is read from it
@@ -73,7 +79,7 @@ class StreamConnection(asyncio.Protocol):
         routes = self.routes
         client = five_tuple.client
         packets = octets = 0  # relayed by the fast path from this read, added to self.relayed once
-        for frame in frames:
+        for index, frame in enumerate(frames):
             if frame[0] & 0xC0 == 0x40:
                 route = routes.get((client, (frame[0] << 8) | frame[1]))
                 if route is not None:
@@ -87,6 +93,11 @@ class StreamConnection(asyncio.Protocol):
                 runtime.internal_errors.note(runtime.now(), f"a frame from {client[0]}:{client[1]}", exc_info=True)
                 continue
             runtime.dispatch(actions)
+            if self.pipe is not None:  # that frame was a ConnectionBind: the rest of the stream is the peer's
+                rest = b"".join(frames[index + 1 :]) + self.framer.drain()
+                if rest:
+                    self.pipe.from_client(rest)
+                break
         if packets:
             relayed = self.relayed
             relayed.packets += packets
@@ -104,6 +115,18 @@ class StreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    # RFC 6062 data connections: back-pressure and half-close pass through to the peer connection.
+    def pause_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.client_backlogged()
+
+    def resume_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.client_drained()
+
+    def eof_received(self) -> bool | None:
+        return bool(self.pipe.client_eof()) if self.pipe is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:

@@ -58,6 +58,12 @@ class StreamFramer:
         """Bytes received but not yet returned as a frame."""
         return len(self._buffer)
 
+    def drain(self) -> bytes:
+        """Take the bytes not yet returned as a frame (a stream that stops being framed, RFC 6062 §5.4)."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
     def feed(self, data: bytes) -> list[bytes]:
         """Append data; return every frame now complete, in order. Oversize -> StunDecodeError.
 

@@ -139,7 +139,8 @@ def test_core_allocate_lifetime_follows_config() -> None:
     ("attrs", "code"),
     [
         pytest.param([], 400, id="no-requested-transport"),
-        pytest.param([(Attr.REQUESTED_TRANSPORT, 6)], 442, id="tcp"),
+        pytest.param([(Attr.REQUESTED_TRANSPORT, 6)], 400, id="tcp-from-udp"),  # RFC 6062 §5.1 item 2
+        pytest.param([(Attr.REQUESTED_TRANSPORT, 132)], 442, id="sctp"),
         pytest.param([(Attr.REQUESTED_TRANSPORT, 0)], 442, id="zero"),
         pytest.param([(Attr.REQUESTED_TRANSPORT, 17), (Attr.REQUESTED_ADDRESS_FAMILY, 3)], 440, id="family-3"),
         pytest.param([(Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, b"12345678")], 508, id="bad-token"),
@@ -165,8 +166,8 @@ def test_core_allocate_error_codes(attrs: list[tuple[int, Any]], code: int) -> N
     assert verify_integrity(response, client.key)
     assert not result.of(OpenRelay)
     assert not harness.core.allocations
-    assert not harness.core._pending
-    assert harness.core._ports.in_use == 0
+    assert not harness.core.state.pending
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_second_allocate_on_same_five_tuple_gets_437() -> None:
@@ -202,7 +203,7 @@ def test_core_allocate_retransmitted_error_gets_identical_cached_bytes() -> None
     harness = Harness()
     client = harness.client()
     client.challenge()
-    data = client.signed(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)])
+    data = client.signed(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 132)])
     first = client.send_raw(data)
     assert first.error_code == 442
     assert client.send_raw(data).sent == first.sent
@@ -261,7 +262,7 @@ def test_core_allocate_new_transaction_while_relay_pending_gets_437() -> None:
     client = harness.client()
     client.allocate()
     assert client.allocate().error_code == 437
-    assert len(harness.core._pending) == 1
+    assert len(harness.core.state.pending) == 1
 
 
 # ---------------------------------------------------------------------------------- EVEN-PORT / tokens
@@ -338,10 +339,10 @@ def test_core_allocate_reservation_expires_after_thirty_seconds() -> None:
     token = result.response.get(Attr.RESERVATION_TOKEN)
     harness.advance(29.9)
     harness.tick()
-    assert harness.core._ports.in_use == 2
+    assert harness.core.ports.in_use == 2
     harness.advance(0.1)
     harness.tick()
-    assert harness.core._ports.in_use == 1  # the reserved port went back to the pool
+    assert harness.core.ports.in_use == 1  # the reserved port went back to the pool
     late = harness.client("bob", client=("203.0.113.20", 5555))
     assert late.allocate((Attr.RESERVATION_TOKEN, token)).error_code == 508
     # and the freed odd port can now be allocated normally
@@ -362,15 +363,15 @@ def test_core_allocate_deleting_the_even_allocation_frees_its_reservation() -> N
     first = harness.client()
     token = first.allocate((Attr.EVEN_PORT, True)).response.get(Attr.RESERVATION_TOKEN)
     first.refresh(0)
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
     late = harness.client("bob", client=("203.0.113.20", 5555))
     assert late.allocate((Attr.RESERVATION_TOKEN, token)).error_code == 508
 
 
 def test_core_allocate_even_port_reservation_needs_a_free_pair() -> None:
     harness = Harness(make_config(allocation_port_range_min=50000, allocation_port_range_max=50003))
-    harness.core._ports.claim(50001)  # as if held by other allocations
-    harness.core._ports.claim(50003)
+    harness.core.ports.claim(50001)  # as if held by other allocations
+    harness.core.ports.claim(50003)
     assert harness.client().allocate((Attr.EVEN_PORT, True)).error_code == 508
     result = harness.client(client=("203.0.113.30", 1)).allocate((Attr.EVEN_PORT, False))
     assert relayed_port(result) in (50000, 50002)
@@ -416,8 +417,8 @@ def test_core_allocate_port_in_use_everywhere_gets_508() -> None:
     assert sorted(action.port for action in result.of(OpenRelay)) == [50000, 50001, 50002, 50003]
     assert verify_integrity(result.response, client.key)
     assert result.response.get(Attr.XOR_MAPPED_ADDRESS) == CLIENT
-    assert not harness.core._pending
-    assert harness.core._ports.in_use == 0
+    assert not harness.core.state.pending
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_busy_ports_are_tried_again_later() -> None:
@@ -446,7 +447,7 @@ def test_core_allocate_even_port_pairs_skip_pairs_whose_odd_port_is_in_use() -> 
     result = harness.client().allocate((Attr.EVEN_PORT, True))
     assert result.response.msg_class is MessageClass.SUCCESS
     assert relayed_port(result) == 50006
-    assert harness.core.allocations and harness.core._ports.in_use == 2
+    assert harness.core.allocations and harness.core.ports.in_use == 2
     assert harness.client(client=("203.0.113.30", 1)).allocate((Attr.EVEN_PORT, False)).error_code is None
 
 
@@ -456,7 +457,7 @@ def test_core_allocate_even_port_pairs_all_blocked_gets_508() -> None:
     result = harness.client().allocate((Attr.EVEN_PORT, True))
     assert result.error_code == 508
     assert sorted(action.port for action in result.of(OpenRelay)) == [50000, 50002, 50004, 50006]
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_reservation_release_and_expiry_tell_the_adapter() -> None:
@@ -493,16 +494,16 @@ def test_core_allocate_relay_failure_codes(failure: RelayFailure, code: int) -> 
     result = Result(harness.core.relay_failed(open_relay.token, failure, harness.now))
     assert result.error_code == code
     assert verify_integrity(result.response, client.key)
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
     assert not harness.core.allocations
 
 
 def test_core_allocate_relay_failure_with_reservation_releases_both_ports() -> None:
     harness = Harness(auto_open=False)
     open_relay = harness.client().allocate((Attr.EVEN_PORT, True)).one(OpenRelay)
-    assert harness.core._ports.in_use == 2
+    assert harness.core.ports.in_use == 2
     harness.core.relay_failed(open_relay.token, RelayFailure.OTHER, harness.now)
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
 
 
 def test_core_allocate_ports_are_not_sequential() -> None:
@@ -626,6 +627,62 @@ def test_core_refresh_without_allocation_gets_437_without_credentials() -> None:
 def test_core_refresh_without_allocation_with_credentials_gets_437() -> None:
     harness = Harness()
     assert harness.client().refresh(600).error_code == 437
+
+
+# RFC 8656 §5: authenticated first, then 437; RFC 8489 §9.2.4: the answer carries MESSAGE-INTEGRITY, which clients
+# check (RFC 8489 §9.2.5) and without which aioice retransmits for about 40 s.
+@pytest.mark.parametrize(
+    "send",
+    [
+        pytest.param(lambda client: client.refresh(600), id="refresh"),
+        pytest.param(lambda client: client.create_permission(("198.51.100.7", 0)), id="create-permission"),
+        pytest.param(lambda client: client.channel_bind(0x4000), id="channel-bind"),
+    ],
+)
+def test_core_request_after_expiry_gets_signed_437(send: Any) -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.advance(600)  # the allocation's 600 s lifetime runs out
+    assert harness.tick().of(AllocationDeleted)
+    before = len(harness.core.allocations)
+    result = send(client)
+    assert result.error_code == 437
+    assert result.response.get(Attr.ERROR_CODE)[1] == "Allocation Mismatch"
+    assert result.response.integrity_offset is not None
+    assert verify_integrity(result.response, long_term_key("alice", "reTurn", "secret"))
+    assert len(harness.core.allocations) == before == 0  # nothing kept for it
+
+
+def test_core_signed_437_after_expire_allocations_and_not_cached() -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.core.expire_allocations(harness.now)
+    data = client.signed(Method.REFRESH, [(Attr.LIFETIME, 600)])
+    first, again = client.send_raw(data), client.send_raw(data)
+    assert first.error_code == again.error_code == 437
+    assert first.response.integrity_offset is not None and again.response.integrity_offset is not None
+
+
+def test_core_request_without_allocation_and_wrong_password_gets_401_not_437() -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.core.expire_allocations(harness.now)
+    wrong = harness.client("alice", "wrong")
+    wrong.realm, wrong.nonce = client.realm, client.nonce
+    result = wrong.send_raw(wrong.signed(Method.REFRESH, [(Attr.LIFETIME, 600)]))
+    assert result.error_code == 401
+    assert result.response.integrity_offset is None and result.response.has(Attr.NONCE)
+
+
+def test_core_request_without_allocation_and_stale_nonce_gets_438_then_signed_437() -> None:
+    harness = Harness()
+    client = allocated(harness)
+    harness.core.expire_allocations(harness.now)
+    harness.core.expire_nonces()
+    stale = client.send_raw(client.signed(Method.REFRESH, [(Attr.LIFETIME, 600)]))
+    assert stale.error_code == 438
+    result = client.refresh(600)  # the driver retries with the new nonce
+    assert result.error_code == 437 and result.response.integrity_offset is not None
 
 
 def test_core_refresh_extends_the_lifetime() -> None:
@@ -757,7 +814,7 @@ def test_core_allocate_expires_exactly_at_its_lifetime(lifetime: int) -> None:
     assert result.one(CloseRelay) == CloseRelay(handle)
     assert result.one(AllocationDeleted) == AllocationDeleted(client.five_tuple, "alice", relayed, "expired")
     assert not harness.core.allocations
-    assert harness.core._ports.in_use == 0
+    assert harness.core.ports.in_use == 0
     assert harness.tick().actions == []  # deleted once
 
 

@@ -75,7 +75,7 @@ class Driver:
 
 def check_invariants(core: TurnServerCore, now: float) -> None:
     allocations = core.allocations
-    assert len(core._by_handle) == len(allocations)
+    assert len(core.state.by_handle) == len(allocations)
     for five_tuple, allocation in allocations.items():
         assert allocation.five_tuple == five_tuple
         assert core.allocation_for_handle(allocation.relay_handle) is allocation
@@ -84,7 +84,7 @@ def check_invariants(core: TurnServerCore, now: float) -> None:
             assert [other.peer for other in allocation.channels.values()].count(binding.peer) == 1
         for peer, channel in allocation.channel_for_peer.items():
             assert allocation.channels[channel].peer == peer
-    assert sum(core._per_user.values()) == len(allocations)
+    assert sum(core.state.per_user.values()) == len(allocations)
     live_handles = {allocation.relay_handle for allocation in allocations.values()}
     for table in core.route_table.listeners():
         for (client, channel), (handle, peer) in table.items():
@@ -175,4 +175,4 @@ def test_core_random_sequences_never_raise_and_keep_invariants(
     driver.core.tick(driver.now)
     check_invariants(driver.core, driver.now)
     assert not driver.core.allocations  # everything expires in the end
-    assert driver.core._ports.in_use == 0
+    assert driver.core.ports.in_use == 0

@@ -24,7 +24,7 @@ def test_core_memory_churn_keeps_deadline_heap_and_allocations_bounded() -> None
     core = harness.core
     assert not core.allocations
     # Every cycle pushed three deadlines (allocation, channel, permission); none of them is current any more.
-    assert len(core._deadlines) <= COMPACT_SLACK + 3
+    assert len(core.state.deadlines) <= COMPACT_SLACK + 3
     gc.collect()
     alive = sum(isinstance(thing, Allocation) for thing in gc.get_objects())
     assert alive <= COMPACT_SLACK  # only what the last, not yet compacted, stretch of the heap still holds
@@ -39,7 +39,7 @@ def test_core_memory_refreshes_do_not_grow_the_heap_without_bound() -> None:
         harness.advance(1.0)
         client.refresh()
         client.channel_bind(0x4000)
-    assert len(harness.core._deadlines) <= 2 * 3 + COMPACT_SLACK + 3
+    assert len(harness.core.state.deadlines) <= 2 * 3 + COMPACT_SLACK + 3
     assert harness.core.allocations  # still alive: the refreshes worked
 
 
@@ -78,7 +78,7 @@ def test_core_memory_many_permissions_keep_a_few_heap_entries_per_allocation() -
             client.channel_bind(0x4001, peers[1])
         harness.tick()
         # at most: the allocation, its permissions and channels together, its response cache
-        assert len(harness.core._deadlines) <= 3 * len(clients)
+        assert len(harness.core.state.deadlines) <= 3 * len(clients)
     for client in clients:
         assert sorted(client.allocation.permissions) == sorted(ip for ip, _ in peers[:10])
         assert sorted(client.allocation.channels) == [0x4000, 0x4001]

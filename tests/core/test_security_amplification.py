@@ -121,7 +121,7 @@ def test_security_rate_limiter_memory_is_bounded_under_spoofed_flood() -> None:
         source = (f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 9)
         core.handle_client(request, FiveTuple(Transport.UDP, source, SERVER), 7.0)
     core.tick(9.0)
-    assert len(core._limiter or ()) == 0
+    assert len(core.state.limiter or ()) == 0
 
 
 def amplification_table() -> list[tuple[str, int, int, float]]:

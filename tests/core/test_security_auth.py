@@ -39,7 +39,7 @@ def _challenged(harness: Harness, username: str = "alice", password: str | None 
 def _nothing_allocated(harness: Harness, result: Result) -> None:
     assert not result.of(OpenRelay)
     assert not harness.core.allocations
-    assert not harness.core._pending
+    assert not harness.core.state.pending
 
 
 def _set_length(data: bytearray, length: int) -> None:
@@ -283,7 +283,7 @@ def test_security_auth_no_state_held_for_a_flood_of_unauthenticated_allocates() 
         result = harness.send(data, FiveTuple(Transport.UDP, source, SERVER))
         assert result.error_code == 401
     core = harness.core
-    assert not core.allocations and not core._pending and len(core._deadlines) == 0
+    assert not core.allocations and not core.state.pending and len(core.state.deadlines) == 0
 
 
 def test_security_auth_unauthenticated_answer_goes_to_the_requester_only() -> None:

@@ -255,7 +255,10 @@ class Namespace:
 
     # ------------------------------------------------------------------ Python inside the namespace
     def call(self, function: Callable[[], T], timeout: float) -> T:
-        """Run function in a new thread that joined the namespace; its result, or its exception re-raised."""
+        """Run function in a new thread that joined the namespace; its result, or its exception re-raised.
+
+        Threads that function starts are in the namespace too (a new thread inherits its creator's), so a
+        pyturn.ThreadedServer started here serves inside it and stays controllable from any thread."""
         outcome: list[Any] = []
 
         def body() -> None:

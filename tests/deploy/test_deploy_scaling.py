@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import BrowserCall, Chromium
 from interop import MiniTurnClient
 from metricsclient import http_get
 from netns import ALT_STUN_ADDRESS, TURN_ADDRESS, Namespace, PyturnServer, pyturn_in, require_root_netns, write_config
-from test_deploy_webrtc import PAGE_SCRIPT, Chromium, chromium_in_namespace
 
 from pyturn.wire.codec import decode_message
 from pyturn.wire.message import Attr, MessageClass, Method
 
 pytestmark = pytest.mark.deploy
-__all__ = ["chromium_in_namespace"]  # the module-scoped fixture, used here with this module's `deployment`
 
 FIRST, SECOND = TURN_ADDRESS, ALT_STUN_ADDRESS
 PORT = 3478
@@ -198,87 +197,45 @@ def test_project_client_follows_the_redirect_while_the_old_call_drains(deploymen
 
 
 # ------------------------------------------------------------------------------------------------ Chromium
-BROWSER_TIMEOUT_MS = 20_000
+def _browser_call(chromium: Chromium, turn_url: str) -> BrowserCall:
+    """Two pages, each a user with a relay-only RTCPeerConnection to `turn_url` (chromium.py)."""
+    return BrowserCall(chromium, [[{"urls": [turn_url], "username": username, "credential": password}]
+                                  for username, password in USERS.items()])
 
 
-class BrowserCall:
-    """Two pages, each a user with a relay-only RTCPeerConnection to `turn_url`, joined by a data channel."""
+def _relay_hosts(call: BrowserCall) -> list[tuple[str, str]]:
+    """(local, remote) relayed addresses of each page's selected candidate pair."""
+    return [(local[0], remote[0]) for local, remote in call.relay_pairs()]
 
-    def __init__(self, chromium: Chromium, turn_url: str) -> None:
-        self.chromium = chromium
-        self.contexts = [chromium.browser.new_context() for _ in USERS]
-        self.pages: list[Any] = []
-        for context, (username, password) in zip(self.contexts, USERS.items(), strict=True):
-            page = context.new_page()
-            page.set_default_timeout(BROWSER_TIMEOUT_MS)
-            page.evaluate(PAGE_SCRIPT)
-            page.evaluate("servers => call.start(servers)",
-                          [{"urls": [turn_url], "username": username, "credential": password}])
-            self.pages.append(page)
 
-    def connect(self) -> None:
-        caller, callee = self.pages
-        try:
-            offer = caller.evaluate("call.offer()")
-            answer = callee.evaluate("sdp => call.answer(sdp)", offer)
-            caller.evaluate("sdp => call.accept(sdp)", answer)
-            for page in self.pages:
-                page.wait_for_function("call.state.open")
-        except Exception as error:
-            errors = [page.evaluate("call.state.errors") for page in self.pages]
-            raise AssertionError(f"no data channel: {error}; ICE errors {errors}\n"
-                                 f"--- Chromium's WebRTC log ---\n{self.chromium.webrtc_log()}") from None
-
-    def exchange(self, tag: str) -> list[list[str]]:
-        caller, callee = self.pages
-        counts = [len(page.evaluate("call.state.received")) for page in self.pages]
-        for number in range(MESSAGES):
-            caller.evaluate("text => call.send(text)", f"{tag} ping {number}")
-            callee.evaluate("text => call.send(text)", f"{tag} pong {number}")
-        for page, count in zip(self.pages, counts, strict=True):
-            page.wait_for_function(f"call.state.received.length >= {count + MESSAGES}")
-        return [page.evaluate("call.state.received")[count:] for page, count in zip(self.pages, counts, strict=True)]
-
-    def relays(self) -> list[tuple[str, str]]:
-        """(local, remote) relayed addresses of each page's selected candidate pair."""
-        pairs = [page.evaluate("call.selectedPair()") for page in self.pages]
-        for pair in pairs:
-            assert pair is not None and pair["local"]["type"] == pair["remote"]["type"] == "relay", pair
-        return [(pair["local"]["address"], pair["remote"]["address"]) for pair in pairs]
-
-    def hang_up(self) -> None:
-        for page in self.pages:
-            page.evaluate("call.close()")  # the TURN client releases its allocation (Refresh, LIFETIME 0)
-        for context in self.contexts:
-            context.close()
+def _exchange(call: BrowserCall, tag: str) -> None:
+    texts = [f"{tag} {number}" for number in range(MESSAGES)]
+    assert call.exchange(texts) == [[f"pong {text}" for text in texts], [f"ping {text}" for text in texts]]
 
 
 def test_chromium_follows_the_redirect_while_the_old_call_drains(chromium_in_namespace: Chromium,
                                                                  deployment: Site, tmp_path: Path) -> None:
     turn_url = f"turn:{FIRST}:{PORT}?transport=udp"
     with instance_pair(deployment.namespace, tmp_path) as pair:
-        old = BrowserCall(chromium_in_namespace, turn_url)
+        old = _browser_call(chromium_in_namespace, turn_url)
         new: BrowserCall | None = None
         try:
             old.connect()
-            assert old.relays() == [(FIRST, FIRST)] * 2
-            assert old.exchange("before") == [[f"before pong {n}" for n in range(MESSAGES)],
-                                              [f"before ping {n}" for n in range(MESSAGES)]]
+            assert _relay_hosts(old) == [(FIRST, FIRST)] * 2
+            _exchange(old, "before")
             pair.drain_first()
             pair.first.wait_for_log("draining")
-            new = BrowserCall(chromium_in_namespace, turn_url)  # the same URL: instance 1 sends it on
+            new = _browser_call(chromium_in_namespace, turn_url)  # the same URL: instance 1 sends it on
             new.connect()
-            assert new.relays() == [(SECOND, SECOND)] * 2
-            assert new.exchange("new") == [[f"new pong {n}" for n in range(MESSAGES)],
-                                           [f"new ping {n}" for n in range(MESSAGES)]]
-            assert old.exchange("after") == [[f"after pong {n}" for n in range(MESSAGES)],
-                                             [f"after ping {n}" for n in range(MESSAGES)]]
+            assert _relay_hosts(new) == [(SECOND, SECOND)] * 2
+            _exchange(new, "new")
+            _exchange(old, "after")
             assert pair.first.process.poll() is None
             old.hang_up()
             assert pair.wait_first_exit() == 0
-            assert new.exchange("still") == [[f"still pong {n}" for n in range(MESSAGES)],
-                                             [f"still ping {n}" for n in range(MESSAGES)]]
+            _exchange(new, "still")
         finally:
+            old.hang_up()  # safe twice
             if new is not None:
                 new.hang_up()
         log = pair.first.log()

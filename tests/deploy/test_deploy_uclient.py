@@ -1,5 +1,6 @@
 """coturn's turnutils_uclient through the handbook deployment (default peer policy): to turnutils_peer on another
-host, and client to client (-y: each client's allocation relays to the next one's relayed address).
+host, and client to client (-y: each client's allocation relays to the next one's relayed address; -T: the same
+over RFC 6062 TCP allocations).
 
 coturn 4.6's turnutils_uclient picks ChannelBind numbers anywhere in 0x4000-0x7FFF (RFC 5766 §11, and reTurn takes
 them); pyturn follows RFC 8656 §12 (0x4000-0x4FFF) unless LegacyChannelNumbers = true. That one key is added to the
@@ -58,6 +59,14 @@ def test_uclient_client_to_client_loses_nothing(deployment: Deployment, transpor
     report = _uclient(deployment.namespace, "-y", *transport, "-n", "50", "-m", "2", "-l", "170")
     assert report.sent == report.received > 0, report.output[-3000:]
     assert report.lost == 0, report.output[-3000:]
+
+
+def test_uclient_tcp_relay_client_to_client_loses_nothing(deployment: Deployment) -> None:
+    # -T: RFC 6062 TCP allocations (implies -t -y); one client's Connect reaches the next one's relayed address,
+    # which sends it a ConnectionAttempt; the default peer policy admits relay-range ports of the server only.
+    report = _uclient(deployment.namespace, "-T", "-n", "50", "-m", "2", "-l", "170")
+    assert report.sent == report.received > 0, report.output[-3000:]
+    assert (report.lost, report.send_dropped) == (0, 0), report.output[-3000:]
 
 
 def _wait_udp_listener(namespace: Namespace, address: Address, timeout: float = WAIT) -> None:

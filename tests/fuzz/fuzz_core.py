@@ -238,8 +238,8 @@ def TestOneInput(data: bytes) -> None:
         driver.process(0, driver.core.tick(driver.now))
         check_invariants(driver.core, driver.now)
     assert not driver.core.allocations
-    assert not driver.core._pending
-    assert driver.core._ports.in_use == 0
+    assert not driver.core.state.pending
+    assert driver.core.ports.in_use == 0
 
 
 if __name__ == "__main__":

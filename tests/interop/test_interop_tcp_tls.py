@@ -31,6 +31,7 @@ from interop import (
     run_uclient,
     start_echo_peer,
     turnutils_peer,
+    wait_until,
     write_config,
 )
 from streamclient import StreamTurnClient
@@ -48,15 +49,6 @@ CHANNEL = 0x4000
 
 
 # ------------------------------------------------------------------------------------------- helpers
-async def wait_until(predicate: Any, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 async def closed_by_server(client: StreamTurnClient, timeout: float = WAIT) -> bool:
     """True when the server ends the stream within timeout (EOF or reset)."""
     try:
@@ -431,7 +423,7 @@ async def test_tls_reload_with_context_given_in_code(
 async def test_tls_silent_handshake_is_dropped(
     server_files: ServerFiles, loopback_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pyturn.server.HANDSHAKE_TIMEOUT", 0.3)
+    monkeypatch.setattr("pyturn.net.listeners.HANDSHAKE_TIMEOUT", 0.3)
     config = tls_config(loopback_config, server_files, tcp_auth_timeout=0)
     async with Server(config, users={USERNAME: PASSWORD}) as server:
         host, port = server.addresses["tls"][0]

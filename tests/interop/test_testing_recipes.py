@@ -61,6 +61,8 @@ async def test_recipe_forced_ice_restart(turn_servers: TurnServerFactory) -> Non
         await pinger.connect()
         assert await pinger.burst(3) == ["pong 0", "pong 1", "pong 2"]
     assert first.allocation_count() == 0
+    # Each peer's deleting Refresh met the expired allocation: one signed 437 each, taken at once (no retransmission).
+    assert first.server.call(lambda server: server.core.stats.error_responses[("refresh", 437)]) == 2
     assert len(second.server.call(lambda server: server.ended_allocations)) == 2  # closed with the connections
 
 

@@ -13,16 +13,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from requirements import require_module
-from webrtccall import MESSAGES, WAIT, candidate_types, exchange
 
 aiortc = require_module("aiortc")
 
-from aiortc import (  # noqa: E402
-    RTCConfiguration,
-    RTCIceServer,
-    RTCIceTransportPolicy,
-    RTCPeerConnection,
-)
+from aiortc import RTCConfiguration, RTCPeerConnection  # noqa: E402
+from webrtc_rig import MESSAGES, WAIT, candidate_types, exchange, relay_only  # noqa: E402
 
 import pyturn  # noqa: E402
 from pyturn import AllocationCreated, AllocationEnded, ChannelBound, Hooks, PermissionInstalled  # noqa: E402
@@ -61,11 +56,7 @@ async def recorded_server() -> AsyncIterator[tuple[pyturn.Server, Recorder]]:
 
 def _relay_only(server: pyturn.Server, transport: str) -> RTCConfiguration:
     # aiortc uses the first TURN URL it supports: offering only one pins the client-to-server transport.
-    entries = server.ice_servers(USERNAME, transports=(transport,))
-    return RTCConfiguration(
-        iceServers=[RTCIceServer(**entry) for entry in entries],
-        iceTransportPolicy=RTCIceTransportPolicy.RELAY,
-    )
+    return relay_only(server.ice_servers(USERNAME, transports=(transport,)))
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"], ids=["turn-udp", "turn-tcp"])
@@ -113,9 +104,7 @@ async def test_webrtc_data_channel_with_shared_secret_credentials() -> None:
 
         def configuration(user: str) -> RTCConfiguration:
             username, password = pyturn.rest_credentials(secret, user, ttl=600)
-            entries = server.ice_servers(username, password, transports=("udp",))
-            return RTCConfiguration(iceServers=[RTCIceServer(**entry) for entry in entries],
-                                    iceTransportPolicy=RTCIceTransportPolicy.RELAY)
+            return relay_only(server.ice_servers(username, password, transports=("udp",)))
 
         offerer, answerer = RTCPeerConnection(configuration("caller")), RTCPeerConnection(configuration("callee"))
         try:

@@ -123,9 +123,9 @@ async def test_server_transports_choose_the_listeners(
 
 
 async def test_server_retries_an_ephemeral_port_taken_for_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pyturn.server as server_module
+    import pyturn.net.listeners as listeners_module
 
-    real_bind_udp = server_module.bind_udp
+    real_bind_udp = listeners_module.bind_udp
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -136,7 +136,7 @@ async def test_server_retries_an_ephemeral_port_taken_for_tcp(monkeypatch: pytes
             calls.append(port)
             return real_bind_udp(host, taken_port if len(calls) == 1 else port, **options)
 
-        monkeypatch.setattr(server_module, "bind_udp", first_on_the_taken_port)
+        monkeypatch.setattr(listeners_module, "bind_udp", first_on_the_taken_port)
         async with pyturn.Server(users={USERNAME: PASSWORD}) as server:
             (_, udp_port), = server.addresses["udp"]
             (_, tcp_port), = server.addresses["tcp"]

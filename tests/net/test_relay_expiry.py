@@ -78,44 +78,35 @@ async def _bound_client(server: Server, client: MiniTurnClient, peer: socket.soc
     return relayed
 
 
-async def test_fast_path_stops_relaying_a_channel_within_one_tick_of_its_expiry(
-    monkeypatch: pytest.MonkeyPatch, peer_socket: socket.socket
+@pytest.mark.parametrize("expiring", ["channel", "permission"])
+async def test_fast_path_stops_relaying_within_one_tick_of_an_expiry(
+    expiring: str, monkeypatch: pytest.MonkeyPatch, peer_socket: socket.socket
 ) -> None:
-    monkeypatch.setattr(pyturn.core.permissions, "CHANNEL_LIFETIME", SHORT_LIFETIME)
+    """A channel binding (RFC 8656 §12) or the permission under it (RFC 8656 §9) expires while the other lives on:
+    the fast path stops within one tick of it."""
+    lifetime = "CHANNEL_LIFETIME" if expiring == "channel" else "PERMISSION_LIFETIME"
+    monkeypatch.setattr(pyturn.core.permissions, lifetime, SHORT_LIFETIME)
     async with Server(loopback_config(), users={USERNAME: PASSWORD}, transports=("udp",)) as server:
         assert server.core is not None
         with MiniTurnClient(server.addresses["udp"][0]) as client:
             relayed = await _bound_client(server, client, peer_socket)
             allocation = next(iter(server.core.allocations.values()))
-            expires = allocation.channels[CHANNEL].expires
+            channel, permission = allocation.channels[CHANNEL].expires, allocation.permissions[LOOPBACK]
+            expires, other = (channel, permission) if expiring == "channel" else (permission, channel)
+            assert other > expires + WATCH_AFTER  # the other one lives on
             last = await _watch(client, peer_socket, relayed, expires + WATCH_AFTER)
     # Relayed on the channel right up to the expiry, in both directions ...
     assert last["to_peer"] >= expires - 0.5
     assert last["channel_to_client"] >= expires - 0.5
-    # ... and not after the first tick past it (the permission lives on: peer data comes as Data indications).
+    # ... and not after the first tick past it.
     assert last["to_peer"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
     assert last["channel_to_client"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
-    assert last["data_indication_to_client"] > expires + TICK_INTERVAL
-
-
-async def test_fast_path_stops_relaying_a_channel_whose_permission_expired_within_one_tick(
-    monkeypatch: pytest.MonkeyPatch, peer_socket: socket.socket
-) -> None:
-    monkeypatch.setattr(pyturn.core.permissions, "PERMISSION_LIFETIME", SHORT_LIFETIME)
-    async with Server(loopback_config(), users={USERNAME: PASSWORD}, transports=("udp",)) as server:
-        assert server.core is not None
-        with MiniTurnClient(server.addresses["udp"][0]) as client:
-            relayed = await _bound_client(server, client, peer_socket)
-            allocation = next(iter(server.core.allocations.values()))
-            expires = allocation.permissions[LOOPBACK]
-            assert allocation.channels[CHANNEL].expires > expires + WATCH_AFTER  # the channel itself lives on
-            last = await _watch(client, peer_socket, relayed, expires + WATCH_AFTER)
-    assert last["to_peer"] >= expires - 0.5
-    assert last["channel_to_client"] >= expires - 0.5
-    # RFC 8656 §9: without a permission nothing is relayed, in either direction, in any form.
-    assert last["to_peer"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
-    assert last["channel_to_client"] <= expires + TICK_INTERVAL + SCHEDULING_SLACK
-    assert last["data_indication_to_client"] == 0.0
+    if expiring == "channel":
+        # The permission lives on: peer data comes as Data indications.
+        assert last["data_indication_to_client"] > expires + TICK_INTERVAL
+    else:
+        # RFC 8656 §9: without a permission nothing is relayed, in either direction, in any form.
+        assert last["data_indication_to_client"] == 0.0
 
 
 async def test_tcp_fast_path_stops_relaying_a_channel_within_one_tick_of_its_expiry(

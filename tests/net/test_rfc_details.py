@@ -219,7 +219,7 @@ def test_rfc8656_s7_2_dont_fragment_that_cannot_be_set_gets_420() -> None:
     assert failed.error_code == 420
     assert failed.response.get(Attr.UNKNOWN_ATTRIBUTES) == (DONT_FRAGMENT,)
     assert verify_integrity(failed.response, client.key)
-    assert not harness.core.allocations and harness.core._ports.in_use == 0
+    assert not harness.core.allocations and harness.core.ports.in_use == 0
 
 
 async def test_rfc8656_s7_2_dont_fragment_setsockopt_failure_gets_420_on_a_real_server(

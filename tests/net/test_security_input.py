@@ -217,7 +217,7 @@ def assert_no_state(server: Server) -> None:
     core = server.core
     assert core is not None
     assert server.allocation_count() == 0
-    assert not core._pending
+    assert not core.state.pending
     assert all(not table for table in core.route_table.listeners())
 
 
@@ -269,7 +269,7 @@ async def test_security_input_duplicate_requested_transport_first_wins(server: S
 
     with MiniTurnClient(server.addresses["udp"][0], "u", "p") as turn:
         with pytest.raises(TurnRequestFailed) as refused:
-            await turn.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 6), (Attr.REQUESTED_TRANSPORT, 17))
+            await turn.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 99), (Attr.REQUESTED_TRANSPORT, 17))
         assert refused.value.code == 442
     with MiniTurnClient(server.addresses["udp"][0], "u", "p") as turn:
         response = await turn.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17), (Attr.REQUESTED_TRANSPORT, 6))

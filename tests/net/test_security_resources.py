@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -274,34 +274,48 @@ def test_security_fd_limit_derives_the_cap_and_keeps_udp(tmp_path: Path, launche
         assert 1 <= len(lines) <= 2, lines
 
 
+async def _refuses_while_saturated_then_recovers(
+    port: int, process: Any, log_path: Path, count: int, saturated: Callable[[list[socket.socket]], None],
+    *, recovery: float,
+) -> None:
+    """Open `count` TCP connections; while they stand `saturated` holds, UDP Binding is answered, an Allocate gets
+    508 and the process idles. Once they are gone (and `recovery` seconds) an Allocate succeeds, the process
+    lives, and its log holds no traceback and no flood."""
+    connections = _open_connections(port, count)
+    try:
+        await asyncio.sleep(0.5)
+        saturated(connections)
+        assert udp_binding(LOOPBACK, port, timeout=2.0) is not None
+        with MiniTurnClient((LOOPBACK, port)) as client:
+            with pytest.raises(TurnRequestFailed) as refused:
+                await client.allocate()
+            assert refused.value.code == 508
+        await asyncio.to_thread(_idle_while_saturated, process.pid)
+        assert process.poll() is None
+    finally:
+        for connection in connections:
+            connection.close()
+    await asyncio.sleep(recovery)
+    with MiniTurnClient((LOOPBACK, port)) as client:
+        relayed = await client.allocate()
+        assert relayed[1] > 0
+    assert process.poll() is None
+    log_text = log_path.read_text(errors="replace")
+    assert "Traceback" not in log_text
+    assert len(log_text.splitlines()) < 20, log_text  # one refusal line per interval, not one per connection
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 async def test_security_fd_budget_beats_a_cap_set_too_high(tmp_path: Path, launcher: str) -> None:
     """MaxTcpConnections 1000 under a soft limit of 256: the fd budget (256 - 128 sockets) refuses connections and
     relay sockets (508) before the process reaches EMFILE; UDP Binding is answered; everything recovers."""
     with limited_server(tmp_path, launcher, 256, 1000) as (port, process, log_path):
-        connections = _open_connections(port, 200)
-        try:
-            await asyncio.sleep(0.5)
+
+        def within_budget(connections: list[socket.socket]) -> None:
             assert _still_open(connections) == socket_budget(256) == 128
             assert len(os.listdir(f"/proc/{process.pid}/fd")) < 256
-            assert udp_binding(LOOPBACK, port, timeout=2.0) is not None
-            with MiniTurnClient((LOOPBACK, port)) as client:
-                with pytest.raises(TurnRequestFailed) as refused:
-                    await client.allocate()
-                assert refused.value.code == 508
-            await asyncio.to_thread(_idle_while_saturated, process.pid)
-            assert process.poll() is None
-        finally:
-            for connection in connections:
-                connection.close()
-        await asyncio.sleep(0.3)
-        with MiniTurnClient((LOOPBACK, port)) as client:
-            relayed = await client.allocate()
-            assert relayed[1] > 0
-        assert process.poll() is None
-        log_text = log_path.read_text(errors="replace")
-        assert "Traceback" not in log_text
-        assert len(log_text.splitlines()) < 20, log_text  # one refusal line per interval, not one per connection
+
+        await _refuses_while_saturated_then_recovers(port, process, log_path, 200, within_budget, recovery=0.3)
 
 
 async def test_security_real_emfile_at_accept_under_uvloop(tmp_path: Path) -> None:
@@ -309,26 +323,11 @@ async def test_security_real_emfile_at_accept_under_uvloop(tmp_path: Path) -> No
     accepts and closes what it cannot hold, silently and without spinning; UDP keeps serving; a relay bind that
     fails with EMFILE is a 508; all recovers once the connections go."""
     with limited_server(tmp_path, "cli-uvloop", 40, 1000) as (port, process, log_path):
-        connections = _open_connections(port, 100)
-        try:
-            await asyncio.sleep(0.5)
+
+        def out_of_descriptors(connections: list[socket.socket]) -> None:
             assert len(os.listdir(f"/proc/{process.pid}/fd")) >= 39  # the limit is really reached
-            assert udp_binding(LOOPBACK, port, timeout=2.0) is not None
-            with MiniTurnClient((LOOPBACK, port)) as client:
-                with pytest.raises(TurnRequestFailed) as refused:
-                    await client.allocate()
-                assert refused.value.code == 508
-            await asyncio.to_thread(_idle_while_saturated, process.pid)
-            assert process.poll() is None
-        finally:
-            for connection in connections:
-                connection.close()
-        await asyncio.sleep(0.5)
-        with MiniTurnClient((LOOPBACK, port)) as client:
-            assert (await client.allocate())[1] > 0
-        log_text = log_path.read_text(errors="replace")
-        assert "Traceback" not in log_text
-        assert len(log_text.splitlines()) < 20, log_text
+
+        await _refuses_while_saturated_then_recovers(port, process, log_path, 100, out_of_descriptors, recovery=0.5)
 
 
 async def test_security_relay_bind_emfile_is_508_logged_once(
@@ -419,10 +418,10 @@ def test_security_core_state_returns_to_empty_after_churn() -> None:
     harness.advance(3600)
     harness.tick()
     core = harness.core
-    assert not core.allocations and not core._by_handle and not core._per_user and not core._pending
-    assert len(core._deadlines) == 0
+    assert not core.allocations and not core.state.by_handle and not core.state.per_user and not core.state.pending
+    assert len(core.state.deadlines) == 0
     assert all(not table for table in core.route_table.listeners())
-    assert core._ports.in_use == 0
+    assert core.ports.in_use == 0
 
 
 # ------------------------------------------------------------------------------------ bandwidth (in-process)

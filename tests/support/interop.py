@@ -43,6 +43,7 @@ USERNAME = "alice"
 PASSWORD = "wonderland"
 REALM = "reTurn"
 SERVER_READY_TIMEOUT = 5.0
+WAIT_UNTIL_TIMEOUT = 5.0
 STUN_BINDING_REQUEST = 0x0001
 
 
@@ -141,6 +142,16 @@ def wait_for_binding(host: str, port: int, timeout: float = SERVER_READY_TIMEOUT
             return time.monotonic() - started
         time.sleep(0.02)
     raise AssertionError(f"no Binding answer from {host}:{port} within {timeout} s")
+
+
+async def wait_until(predicate: Any, timeout: float = WAIT_UNTIL_TIMEOUT) -> None:
+    """Poll `predicate` every 20 ms until it holds; AssertionError after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------------- pyturn subprocess

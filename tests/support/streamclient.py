@@ -1,6 +1,7 @@
 """The TCP/TLS driver of the shared TURN test client (tests/support/turnsession.py): one long-term-credential
 client over one stream (tests/interop/test_interop_tcp_tls.py, tests/net/test_relay_expiry.py,
-tests/net/test_metrics.py)."""
+tests/net/test_metrics.py), and the RFC 6062 client steps: TCP Allocate, Connect, ConnectionAttempt and
+ConnectionBind on a new data connection (tests/net/test_tcp_relay.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from interop import PASSWORD, USERNAME
 from turnsession import (
+    REQUESTED_TRANSPORT_TCP,
     REQUESTED_TRANSPORT_UDP,
     ClientSession,
     Outgoing,
@@ -19,6 +21,7 @@ from turnsession import (
     run_exchange_async,
 )
 
+from pyturn.wire.codec import decode_message
 from pyturn.wire.framing import StreamFramer
 from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
@@ -131,3 +134,61 @@ class StreamTurnClient:
 
     async def binding(self) -> Message:
         return await self.transmit(self.session.outgoing(Method.BINDING))
+
+    # ------------------------------------------------------------------------------ RFC 6062 TCP allocations
+    async def allocate_tcp(self, *extra: tuple[int, Any]) -> Address:
+        """RFC 6062 §4.1: an Allocate for a TCP relayed address."""
+        response = await self.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, REQUESTED_TRANSPORT_TCP), *extra)
+        relayed: Address = response.get(Attr.XOR_RELAYED_ADDRESS)
+        return relayed
+
+    async def create_permission(self, *peers: Address) -> None:
+        await self.request(Method.CREATE_PERMISSION, *((Attr.XOR_PEER_ADDRESS, peer) for peer in peers))
+
+    async def connect_request(self, peer: Address) -> Message:
+        """RFC 6062 §4.3: a Connect, whatever the answer."""
+        outgoing = self.session.outgoing(Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, peer)])
+        return await self.transmit(outgoing)
+
+    async def connect_peer(self, peer: Address) -> int:
+        """RFC 6062 §4.3: a Connect that must succeed; its CONNECTION-ID."""
+        response = await self.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer))
+        connection_id: int = response.get(Attr.CONNECTION_ID)
+        return connection_id
+
+    async def connection_attempt(self, timeout: float = WAIT) -> tuple[int, Address]:
+        """RFC 6062 §4.4: the next ConnectionAttempt indication: (CONNECTION-ID, XOR-PEER-ADDRESS)."""
+        while True:
+            frame = await self.next_frame(timeout)
+            if frame[0] & 0xC0:
+                continue
+            message = decode_message(frame)
+            if message.method == Method.CONNECTION_ATTEMPT and message.msg_class is MessageClass.INDICATION:
+                return message.get(Attr.CONNECTION_ID), message.get(Attr.XOR_PEER_ADDRESS)
+
+    async def data_connection(
+        self, address: Address, connection_id: int, *, context: ssl.SSLContext | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """RFC 6062 §4.4: a new connection to the server with this client's credentials, bound to `connection_id`
+        by a ConnectionBind; from then on the stream carries the peer's bytes as they are. The response is read
+        byte by byte from its header, so nothing of the peer's data that follows it is taken for a frame."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address[0], address[1], ssl=context), WAIT)
+        response = await bind_data_connection(reader, writer, self.session, connection_id)
+        assert response.msg_class is MessageClass.SUCCESS, response.get(Attr.ERROR_CODE)
+        assert self.session.verify(response), "ConnectionBind success not signed"
+        return reader, writer
+
+
+async def bind_data_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: ClientSession, connection_id: int | None
+) -> Message:
+    """Send a ConnectionBind (signed with the session's credentials) and read exactly its response."""
+    attributes = [] if connection_id is None else [(Attr.CONNECTION_ID, connection_id)]
+    outgoing = session.outgoing(Method.CONNECTION_BIND, attributes)
+    writer.write(outgoing.data)
+    await writer.drain()
+    header = await asyncio.wait_for(reader.readexactly(20), WAIT)
+    body = await asyncio.wait_for(reader.readexactly(int.from_bytes(header[2:4], "big")), WAIT)
+    response = decode_message(header + body)
+    assert response.transaction_id == outgoing.transaction_id
+    return response

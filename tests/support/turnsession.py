@@ -26,6 +26,7 @@ from pyturn.wire.message import Attr, Message, MessageClass, Method
 Attributes = Sequence[tuple[int, Any]]
 RETRY_CODES = (401, 438)  # RFC 8489 §9.2.3.1 (first challenge), §9.2.3.2 (stale nonce)
 REQUESTED_TRANSPORT_UDP = 17  # RFC 8656 §14.7: the protocol number of UDP
+REQUESTED_TRANSPORT_TCP = 6  # RFC 6062 §6.1: the protocol number of TCP
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""Two aiortc peers with relay-only ICE and a ping-pong data channel, for the impairment and recipe tests.
+"""Two aiortc peers in one process with relay-only ICE and a ping-pong data channel: the loopback WebRTC, impairment
+and recipe tests and the deployment's aiortc call share it.
 
 RTCIceTransportPolicy.RELAY makes aioice gather relayed candidates only, so the one possible path is peer A ->
-TURN (A's allocation) -> TURN (B's allocation) -> peer B.
+TURN (A's allocation) -> TURN (B's allocation) -> peer B. The SDP goes from one peer to the other directly.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from aiortc import (
 
 WAIT = 30.0
 CLOSE_WAIT = 3.0
+MESSAGES = 20
 
 
 def relay_only(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(**entry) for entry in ice_servers],
                             iceTransportPolicy=RTCIceTransportPolicy.RELAY)
+
+
+def candidate_types(sdp: str) -> set[str]:
+    return {line.split(" typ ")[1].split()[0] for line in sdp.splitlines() if line.startswith("a=candidate:")}
 
 
 def _check_candidates(connection: RTCPeerConnection) -> None:
@@ -109,9 +115,17 @@ async def peer_pair(offerer_servers: Sequence[dict[str, Any]],
     try:
         yield Pinger(offerer, answerer)
     finally:
-        # Bounded: when the allocations are already gone, aioice's deleting Refresh meets an unsigned 437, which it
-        # discards, and it would retransmit for about 40 s. The close goes on in the background if cut short.
+        # Bounded, whatever the server answers aioice's deleting Refresh (a lost answer means retransmissions for
+        # about 40 s). The close goes on in the background if cut short.
         closing = asyncio.gather(offerer.close(), answerer.close())
         done, _ = await asyncio.wait([closing], timeout=CLOSE_WAIT)
         if closing in done:
             closing.result()
+
+
+async def exchange(offerer: RTCPeerConnection, answerer: RTCPeerConnection, messages: int = MESSAGES,
+                   wait: float = WAIT) -> list[str]:
+    """Connect the two peers (not closed here) and send `messages` pings; the pongs, in the order they came."""
+    pinger = Pinger(offerer, answerer)
+    await pinger.connect(wait)
+    return await pinger.burst(messages, wait)
