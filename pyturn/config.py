@@ -90,6 +90,11 @@ class Config:
     workers: int = 1  # 0 = one per CPU
     max_allocations: int = 0  # 0 = unlimited
     max_bandwidth_per_allocation: int = 0  # bytes/s, 0 = unlimited
+    # Socket buffers in bytes, 0 = the kernel's default (pyturn.net.sockets.set_buffers, docs/compatibility.md)
+    listener_receive_buffer: int = 4 << 20
+    listener_send_buffer: int = 1 << 20
+    relay_receive_buffer: int = 1 << 20
+    relay_send_buffer: int = 1 << 20
     unauthenticated_rate_limit: int = 10  # 401 answers per second per source IP, 0 = off
     max_tcp_connections: int = 0  # 0 = derived from the fd limit
     max_tcp_connections_per_source: int = 0  # 0 = unlimited
@@ -274,6 +279,14 @@ KEYS: Mapping[str, KeySpec] = MappingProxyType(dict([
           "allocations in total (486 beyond); 0 = unlimited"),
     _spec("MaxBandwidthPerAllocation", "max_bandwidth_per_allocation", Kind.COUNT,
           "relayed bytes per second per allocation; 0 = unlimited"),
+    _spec("ListenerReceiveBuffer", "listener_receive_buffer", Kind.COUNT,
+          "SO_RCVBUF of each UDP listening socket in bytes (forced when started as root); 0 = the kernel's default"),
+    _spec("ListenerSendBuffer", "listener_send_buffer", Kind.COUNT,
+          "SO_SNDBUF of each UDP listening socket in bytes (forced when started as root); 0 = the kernel's default"),
+    _spec("RelayReceiveBuffer", "relay_receive_buffer", Kind.COUNT,
+          "SO_RCVBUF of each relay socket in bytes (forced only while running as root); 0 = the kernel's default"),
+    _spec("RelaySendBuffer", "relay_send_buffer", Kind.COUNT,
+          "SO_SNDBUF of each relay socket in bytes (forced only while running as root); 0 = the kernel's default"),
     _spec("UnauthenticatedRateLimit", "unauthenticated_rate_limit", Kind.COUNT,
           "401 answers per second per source IP; 0 = no limit"),
     _spec("MaxTcpConnections", "max_tcp_connections", Kind.COUNT,

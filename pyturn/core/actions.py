@@ -65,9 +65,13 @@ class CloseRelay:
 
 @dataclass(frozen=True, slots=True)
 class SendToPeer:
+    """Send from the relay socket `handle`; dont_fragment: with the DF bit set on this datagram, or not at all
+    (RFC 8656 §11.3: a Send indication's DONT-FRAGMENT on a relay that does not set DF on everything)."""
+
     handle: Any
     peer: Address
     data: bytes
+    dont_fragment: bool = False
 
 
 @dataclass(frozen=True, slots=True)

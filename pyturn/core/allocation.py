@@ -66,6 +66,9 @@ class Allocation:
     # Fast path views kept in step with the two tables above: peer -> channel number for the live bindings
     # whose peer still has a permission (used by the adapter for peer -> client ChannelData).
     channel_for_peer: dict[Address, int] = field(default_factory=dict)
+    # Fast path view for Send and Data indications: peer -> its encoded XOR-PEER-ADDRESS, for the IPv4 peers the
+    # core relayed an indication to or from whose IP still has a permission (pyturn.core.routes, learn()).
+    peer_attributes: dict[Address, bytes] = field(default_factory=dict)
     reserved_port: int | None = None
     tcp: bool = False  # a TCP relayed address (RFC 6062): peers reach it with Connect and ConnectionAttempt
     # The deadlines of this allocation's entries in the deadline heap: its own (a Refresh may move `expires`

@@ -29,7 +29,12 @@ def handle_send(state: CoreState, indication: Message, five_tuple: FiveTuple, no
         return []
     if not allocation.has_permission(peer[0], now) or not state.policy.allows(peer[0], peer[1]):
         return []
-    return [SendToPeer(allocation.handle_for(peer[0]), peer, data)]
+    state.route_table.learn(allocation, peer)
+    # RFC 8656 §11.3: DONT-FRAGMENT asks for DF on this datagram. A relay bound for an Allocate with DONT-FRAGMENT
+    # sets it on everything already; otherwise the adapter sets it for this one, or drops the datagram when it
+    # cannot (as if DONT-FRAGMENT were an unknown comprehension-required attribute).
+    dont_fragment = not allocation.dont_fragment and indication.has(Attr.DONT_FRAGMENT)
+    return [SendToPeer(allocation.handle_for(peer[0]), peer, data, dont_fragment)]
 
 
 def handle_channel_data(state: CoreState, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:
@@ -58,8 +63,8 @@ def handle_peer_data(state: CoreState, handle: Any, data: bytes, peer: Address, 
     if channel is not None:
         pad = five_tuple.transport is not Transport.UDP and state.config.tcp_channel_data_padding
         return [SendToClient(five_tuple, encode_channel_data(channel, data, pad=pad))]
-    state.data_tid_counter += 1
-    tid = state.data_tid_prefix + state.data_tid_counter.to_bytes(8, "big")
+    state.route_table.learn(allocation, peer)
+    tid = state.data_tid_prefix + next(state.data_tids).to_bytes(8, "big")
     indication = Message(Method.DATA, MessageClass.INDICATION, tid)
     indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
     return [SendToClient(five_tuple, encode_message(indication))]

@@ -7,18 +7,20 @@ with the R bit the adapter also binds the odd port above and holds it until the 
 relay hot path the core keeps route tables the adapter reads directly:
 
 * ``routes(transport, server)[(client, channel)] -> (relay_handle, peer)`` for client -> peer ChannelData;
-* ``Allocation.channel_for_peer[peer] -> channel`` for peer -> client ChannelData.
+* ``Allocation.channel_for_peer[peer] -> channel`` for peer -> client ChannelData;
+* ``route_table.sends_for_listener(transport, server)`` and ``Allocation.peer_attributes`` for Send and Data
+  indications to and from the peers the core has already relayed an indication for.
 
-Everything else (STUN, Send/Data indications, unbound channels) goes through handle_client / handle_peer. This
-module holds the entry points and the dispatch and authentication of requests; the state the handlers share is
-a `CoreState` (pyturn.core.state).
+Everything else (STUN, the first indications of a peer, unbound channels) goes through handle_client /
+handle_peer. This module holds the entry points and the dispatch and authentication of requests; the state the
+handlers share is a `CoreState` (pyturn.core.state).
 """
 
 from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from pyturn.config import Config
@@ -94,6 +96,8 @@ class TurnServerCore:
         self.allocations: dict[FiveTuple, Allocation] = self.state.allocations
         self.ports: PortPool = self.state.ports  # the relay port pool
         self.tcp_relays: TcpRelays = self.state.tcp_relays  # RFC 6062 data connections and their entry points
+        self.data_tid_prefix: bytes = self.state.data_tid_prefix  # Data indication ids, read by the fast path
+        self.data_tids: Iterator[int] = self.state.data_tids
         self._randbytes = randbytes
         self.faults = FailureInjector()  # test rigs: errors injected after authentication (Server.fail_next)
 

@@ -6,6 +6,7 @@ fields and call the two bookkeeping operations here. Nothing in it performs I/O:
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -52,20 +53,22 @@ class CoreState:
       ``reservations`` (by RESERVATION-TOKEN), ``ports`` (the relay port pool);
     * ``deadlines``: the one deadline heap; ``route_table``: the adapter's fast-path tables;
     * ``limiter``: the per-source limit of unauthenticated answers, or None; ``stats``: the counters;
-    * ``data_tid_prefix``, ``data_tid_counter``: the transaction ids of Data indications (prefix + counter);
+    * ``data_tid_prefix``, ``data_tids``: the transaction ids of Data indications (prefix + counter), shared with
+      the adapter's fast path (pyturn.core.routes), so every indication gets its own (RFC 8489 §6);
     * ``now``: the time of the call being handled, for deadlines set deep inside the handlers;
     * ``tcp_relays``: the RFC 6062 data connections of the TCP allocations (pyturn.core.tcp_relay), whose
       connection ids are drawn from ``randbytes``.
     """
 
     __slots__ = (
+        "_policy",
         "allocations",
         "alternate",
         "alternates",
         "by_handle",
         "config",
-        "data_tid_counter",
         "data_tid_prefix",
+        "data_tids",
         "deadlines",
         "draining",
         "limiter",
@@ -75,7 +78,6 @@ class CoreState:
         "over_bitrate",
         "pending",
         "per_user",
-        "policy",
         "ports",
         "reservations",
         "route_table",
@@ -102,7 +104,7 @@ class CoreState:
         self.users = users
         self.secret = secret
         self.nonces = nonces
-        self.policy = policy if policy is not None else PeerPolicy(
+        self._policy = policy if policy is not None else PeerPolicy(
             denied=config.denied_peer_addresses,
             allowed=config.allowed_peer_addresses,
             relay_ports=(config.allocation_port_range_min, config.allocation_port_range_max),
@@ -126,9 +128,20 @@ class CoreState:
         self.limiter = SourceLimiter(rate) if rate > 0 else None
         self.stats = CoreStats()
         self.data_tid_prefix = data_tid_prefix
-        self.data_tid_counter = 0
+        self.data_tids = itertools.count(1)
         self.now = 0.0
         self.tcp_relays = TcpRelays(self, randbytes)
+
+    @property
+    def policy(self) -> PeerPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: PeerPolicy) -> None:
+        # The fast path's indication routes were checked against the old policy (pyturn.core.routes).
+        self._policy = policy
+        for allocation in self.allocations.values():
+            self.route_table.forget_peers(allocation)
 
     def add_pending(self, pending: PendingAllocation) -> int:
         """Keep an Allocate until its relay socket is bound; the token names it in OpenRelay and the answer."""

@@ -1,7 +1,8 @@
 """Relay sockets: the peer side of the relay hot path (docs/architecture.md "Relay hot path").
 
 A peer datagram on a bound channel costs a dict lookup, a 4-byte header and one ``sendto`` from the client's UDP
-listener (or one stream write); everything else goes to the core.
+listener (or one stream write); one from a peer the core already relayed a Data indication for costs a dict lookup
+and a header packed from the peer's template (pyturn.core.routes). Everything else goes to the core.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from pyturn.core.allocation import FiveTuple, Transport
 from pyturn.core.ratelimit import TokenBucket
-from pyturn.net.sockets import DRAIN_BATCH, MAX_DATAGRAM
+from pyturn.net.sockets import DRAIN_BATCH, MAX_DATAGRAM, send_dont_fragment
 from pyturn.wire.framing import CHANNEL_HEADER, CHANNEL_PADDING
+from pyturn.wire.indications import (
+    DATA_INDICATION,
+    DATA_INDICATION_HEAD,
+    INDICATION_PADDING,
+    MAGIC_COOKIE,
+    data_indication_length,
+)
 from pyturn.wire.message import Address
 
 if TYPE_CHECKING:
@@ -29,6 +37,8 @@ class RelayEndpoint:
         "client",
         "client_limit",
         "closed",
+        "direct_sendto",
+        "dont_fragment",
         "fd",
         "pad",
         "peer_limit",
@@ -44,6 +54,7 @@ class RelayEndpoint:
     def __init__(self, runtime: Runtime, sock: socket.socket, five_tuple: FiveTuple) -> None:
         self.runtime = runtime
         self.sock = sock
+        self.dont_fragment = False  # DF set on everything this socket sends (an Allocate with DONT-FRAGMENT)
         self.fd = sock.fileno()
         self.v6 = sock.family == socket.AF_INET6
         self.client = five_tuple.client
@@ -63,69 +74,105 @@ class RelayEndpoint:
         now = runtime.loop.time()
         self.peer_limit = TokenBucket(rate, rate, now) if rate else None
         self.client_limit = TokenBucket(rate, rate, now) if rate else None
+        self.direct_sendto: Any = None
+        self.send_directly()
         runtime.loop.add_reader(self.fd, self._readable)
 
-    def send(self, data: bytes, peer: Address) -> bool:
-        """Send to a peer; False when MaxBandwidthPerAllocation or the socket dropped the datagram."""
+    def send_directly(self) -> None:
+        """Let the client listeners' fast path call the socket's sendto itself (no Python frame per datagram)
+        while nothing stands between: no MaxBandwidthPerAllocation bucket, no impairment (pyturn.net.shaping)."""
+        self.direct_sendto = self.sock.sendto if self.peer_limit is None else None
+
+    def send(self, data: bytes, peer: Address, dont_fragment: bool = False) -> bool:
+        """Send to a peer; False when MaxBandwidthPerAllocation or the socket dropped the datagram.
+
+        dont_fragment: set DF on this datagram only, dropping it when DF cannot be set (RFC 8656 §11.3)."""
         limit = self.peer_limit
         if limit is not None and not limit.allow(len(data), self.runtime.loop.time()):
             return False
-        try:
-            self.sock.sendto(data, peer)
-        except OSError:
-            return False
+        if dont_fragment and not self.dont_fragment:
+            if not send_dont_fragment(self.sock, data, peer):
+                return False
+        else:
+            try:
+                self.sock.sendto(data, peer)
+            except OSError:
+                return False
         self.bytes_to_peer += len(data)
         return True
 
     def _readable(self) -> None:
-        if self.allocation is None:
-            self.allocation = self.runtime.core.allocation_for_handle(self)
-            if self.allocation is None:
+        allocation = self.allocation
+        if allocation is None:
+            allocation = self.allocation = self.runtime.core.allocation_for_handle(self)
+            if allocation is None:
                 self._drain_and_drop()
                 return
-        sock = self.sock
-        channels = self.allocation.channel_for_peer
+        recvfrom = self.sock.recvfrom
+        channels = allocation.channel_for_peer
+        templates = allocation.peer_attributes
         pack_header = CHANNEL_HEADER.pack
+        udp_sock = self.udp_sock
+        client = self.client
+        limit = self.client_limit
+        v6 = self.v6
         packets = octets = 0  # relayed towards the client in this wake-up, added to the counters once
         for _ in range(DRAIN_BATCH):
             try:
-                data, peer = sock.recvfrom(MAX_DATAGRAM)
+                data, peer = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 continue
-            if self.v6:
+            if v6:
                 peer = (peer[0], peer[1])
+            size = len(data)
             channel = channels.get(peer)
             if channel is not None:
-                limit = self.client_limit
-                if limit is not None and not limit.allow(len(data), self.runtime.loop.time()):
+                message = pack_header(channel, size) + data
+                if self.pad:
+                    message += CHANNEL_PADDING[size % 4]
+            else:
+                template = templates.get(peer)
+                if template is None:
+                    self._slow_path(data, peer)
                     continue
-                packets += 1
-                octets += len(data)
-                header = pack_header(channel, len(data))
-                if self.udp_sock is not None:
-                    try:
-                        self.udp_sock.sendto(header + data, self.client)  # measured: cheaper than sendmsg
-                    except OSError:
-                        pass
-                    continue
-                stream = self.runtime.streams.get(self.stream_key)
-                if stream is not None:
-                    stream.write(header + data + CHANNEL_PADDING[len(data) % 4] if self.pad else header + data)
+                core = self.runtime.core
+                # RFC 8656 §11.4 Data indication: the peer's XOR-PEER-ADDRESS from the template, a fresh transaction id.
+                message = DATA_INDICATION_HEAD.pack(
+                    DATA_INDICATION, data_indication_length(size), MAGIC_COOKIE, core.data_tid_prefix,
+                    next(core.data_tids), template, 0x0013, size,
+                ) + data + INDICATION_PADDING[size % 4]
+            if limit is not None and not limit.allow(size, self.runtime.loop.time()):
                 continue
-            runtime = self.runtime
-            actions = runtime.core.handle_peer(self, data, peer, runtime.now())
-            limit = self.client_limit
-            if actions and (limit is None or limit.allow(len(data), runtime.now())):
-                packets += 1
-                octets += len(data)
-                runtime.dispatch(actions)
+            packets += 1
+            octets += size
+            if udp_sock is not None:
+                try:
+                    udp_sock.sendto(message, client)  # measured: cheaper than sendmsg
+                except OSError:
+                    pass
+                continue
+            stream = self.runtime.streams.get(self.stream_key)
+            if stream is not None:
+                stream.write(message)
         if packets:
             self.bytes_to_client += octets
             relayed = self.relayed_to_client
             relayed.packets += packets
             relayed.octets += octets
+
+    def _slow_path(self, data: bytes, peer: Address) -> None:
+        """A peer datagram the route tables do not cover: the core decides (permission, policy, Data indication)."""
+        runtime = self.runtime
+        actions = runtime.core.handle_peer(self, data, peer, runtime.now())
+        limit = self.client_limit
+        if actions and (limit is None or limit.allow(len(data), runtime.now())):
+            self.bytes_to_client += len(data)
+            relayed = self.relayed_to_client
+            relayed.packets += 1
+            relayed.octets += len(data)
+            runtime.dispatch(actions)
 
     def _drain_and_drop(self) -> None:
         try:

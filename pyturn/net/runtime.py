@@ -37,6 +37,7 @@ from pyturn.net.relay import RelayEndpoint
 from pyturn.net.sockets import (
     RESERVED_BUFFER,
     ROUTE_PROBE,
+    SocketBuffers,
     bind_udp,
     is_wildcard,
     local_address_towards,
@@ -98,6 +99,10 @@ class Runtime:
             f"refused %d relay socket(s) (508): out of file descriptors or the budget of {self.socket_budget} "
             "sockets reached"
         )
+        config = core.config
+        self.listener_buffers = SocketBuffers(config.listener_receive_buffer, config.listener_send_buffer)
+        self.relay_buffers = SocketBuffers(config.relay_receive_buffer, config.relay_send_buffer)
+        self._buffers_warned: set[str] = set()
         # pyturn.net.shaping.RelayImpairments once a test rig impairs or pauses the relay (docs/testing.md).
         self.impairments: Any = None
         # One input-triggered bug must not become a traceback per packet (a log flood): one line per interval.
@@ -123,6 +128,15 @@ class Runtime:
 
     def now(self) -> float:
         return self.loop.time()
+
+    def size_buffers(self, sock: socket.socket, kind: str) -> None:
+        """Listener or relay socket buffers from the config; a kernel cap is told once per kind (start-up for
+        listeners, the first relay for relays: opened after a privilege drop, they cannot be forced)."""
+        shortfalls = set_buffers(sock, self.listener_buffers if kind == "listener" else self.relay_buffers)
+        if shortfalls and kind not in self._buffers_warned:
+            self._buffers_warned.add(kind)
+            log.warning("UDP %s socket %s: %s", kind, "; ".join(shortfalls),
+                        "; bursts beyond the buffer are dropped by the kernel")
 
     def admit_stream(self, client_ip: str) -> bool:
         """Count a new TCP/TLS connection in, or refuse it when a connection cap is reached."""
@@ -152,7 +166,7 @@ class Runtime:
                 self._send_to_client(action.five_tuple, action.data)  # type: ignore[union-attr]
             elif kind is SendToPeer:
                 handle = action.handle  # type: ignore[union-attr]
-                if handle.send(action.data, action.peer):  # type: ignore[union-attr]
+                if handle.send(action.data, action.peer, action.dont_fragment):  # type: ignore[union-attr]
                     counter = handle.relayed_to_peer
                     counter.packets += 1
                     counter.octets += len(action.data)  # type: ignore[union-attr]
@@ -232,7 +246,6 @@ class Runtime:
         try:
             if held is not None and not self.share_reserved_ports:
                 sock, held = held, None  # the socket bound when the token was issued becomes the relay
-                set_buffers(sock)
             else:
                 if held is not None:
                     host = held.getsockname()[0]
@@ -250,6 +263,7 @@ class Runtime:
         finally:
             if held is not None:
                 held.close()  # our own placeholder: the relay socket has joined its group (or could not)
+        self.size_buffers(sock, "relay")
         if action.reserve_next:
             # RFC 8656 §7.2 EVEN-PORT R: the odd port is reserved by binding it now, on the relay's own address.
             try:
@@ -265,6 +279,7 @@ class Runtime:
                 self.release_reserved(action.family, action.port + 1)
             return core.relay_failed(action.token, RelayFailure.DONT_FRAGMENT, now)
         relay = RelayEndpoint(self, sock, five_tuple)
+        relay.dont_fragment = action.dont_fragment
         self.relays.add(relay)
         return core.relay_opened(action.token, relay, plain_address(sock.getsockname()), now)
 

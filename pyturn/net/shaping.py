@@ -110,7 +110,7 @@ class ImpairedRelayEndpoint(RelayEndpoint):
 
     __slots__ = ()
 
-    def send(self, data: bytes, peer: Address) -> bool:
+    def send(self, data: bytes, peer: Address, dont_fragment: bool = False) -> bool:
         impairments: RelayImpairments = self.runtime.impairments
         return impairments.send_to_peer(self, data, peer)
 
@@ -294,8 +294,10 @@ class RelayImpairments:
         if to_peer is not None:
             self._to_peer[endpoint] = (to_peer, types.MethodType(RelayEndpoint.send, endpoint))
             endpoint.__class__ = ImpairedRelayEndpoint
+            endpoint.direct_sendto = None  # the client listeners' fast path goes through send() then
         elif self._to_peer.pop(endpoint, None) is not None:
             endpoint.__class__ = RelayEndpoint
+            endpoint.send_directly()
         if to_client is not None:
             original = self._to_client.setdefault(endpoint, endpoint.udp_sock)
             client_deliver = (

@@ -5,8 +5,9 @@ client, the IPv6 probe.
 from __future__ import annotations
 
 import logging
+import os
 import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyturn.wire.message import Address
 
@@ -16,7 +17,10 @@ log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 64
 MAX_DATAGRAM = 65535
-SOCKET_BUFFER = 1 << 20
+_MAX_BUFFER = 1 << 30  # setsockopt takes a C int; Linux halves INT_MAX anyway
+# Linux values (<asm-generic/socket.h>); the socket module does not name them
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 RESERVED_BUFFER = 4096  # receive buffer of a held reserved port (the kernel's minimum applies)
 LISTEN_BACKLOG = 1024
 # Linux values; the socket module only names some of them on some builds.
@@ -52,12 +56,47 @@ def local_address_towards(family: int, destination: Address) -> str:
         return host
 
 
-def set_buffers(sock: socket.socket) -> None:
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+class SocketBuffers(NamedTuple):
+    """SO_RCVBUF and SO_SNDBUF to ask for, in bytes; 0 leaves the kernel's default."""
+
+    receive: int
+    send: int
+
+
+_BUFFER_OPTIONS = (
+    ("receive", socket.SO_RCVBUF, _SO_RCVBUFFORCE, "net.core.rmem_max"),
+    ("send", socket.SO_SNDBUF, _SO_SNDBUFFORCE, "net.core.wmem_max"),
+)
+
+
+def set_buffers(sock: socket.socket, buffers: SocketBuffers) -> list[str]:
+    """Ask for the buffer sizes; as root with SO_RCVBUFFORCE/SO_SNDBUFFORCE, which ignore the kernel's caps.
+
+    Returns what fell short, one text per buffer naming the sysctl that capped it (empty: all granted). Linux
+    doubles the value asked for (the bookkeeping overhead) and getsockopt reads back the doubled value; anything
+    below twice the request was capped by net.core.rmem_max / wmem_max.
+    """
+    shortfalls = []
+    forcing = os.geteuid() == 0
+    for name, option, force, limit in _BUFFER_OPTIONS:
+        wanted = min(getattr(buffers, name), _MAX_BUFFER)
+        if not wanted:
+            continue
         try:
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            if forcing:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, force, wanted)
+                except OSError:  # no CAP_NET_ADMIN after all (a container): the capped request below
+                    sock.setsockopt(socket.SOL_SOCKET, option, wanted)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, option, wanted)
+            granted = sock.getsockopt(socket.SOL_SOCKET, option)
         except OSError:
-            pass
+            continue
+        if granted < 2 * wanted:
+            shortfalls.append(f"{name} buffer {granted // 2} bytes of the {wanted} asked for (capped by {limit}; "
+                              f"raise it with sysctl -w {limit}={wanted}, or start pyturn as root)")
+    return shortfalls
 
 
 def set_dont_fragment(sock: socket.socket, family: int) -> bool:
@@ -76,7 +115,33 @@ def set_dont_fragment(sock: socket.socket, family: int) -> bool:
     return True
 
 
+def send_dont_fragment(sock: socket.socket, data: bytes, peer: Address) -> bool:
+    """Send one datagram with DF set (RFC 8656 §11.3) from a socket that does not set it on everything: the
+    path-MTU mode is switched for this datagram and back. False when DF cannot be set: the datagram is dropped."""
+    if sock.family == socket.AF_INET6:
+        level, option, on = socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1
+    else:
+        level, option, on = socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO
+    try:
+        previous = sock.getsockopt(level, option)
+        sock.setsockopt(level, option, on)
+    except OSError as error:
+        log.debug("could not set DF for one datagram: %s", error)
+        return False
+    try:
+        sock.sendto(data, peer)
+    except OSError:
+        return False
+    finally:
+        try:
+            sock.setsockopt(level, option, previous)
+        except OSError:
+            pass
+    return True
+
+
 def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound at (host, port); the caller sizes its buffers (Runtime.size_buffers)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -86,7 +151,6 @@ def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
         # (or another process's relay) would bind "successfully" and steal datagrams; UDP has no TIME_WAIT.
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        set_buffers(sock)
         sock.setblocking(False)
         sock.bind((host, port))
     except BaseException:

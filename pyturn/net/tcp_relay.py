@@ -61,7 +61,7 @@ class TcpRelayListener:
         self.closed = False
         adapter.runtime.loop.add_reader(self.fd, self._acceptable)
 
-    def send(self, data: bytes, peer: Any) -> bool:
+    def send(self, data: bytes, peer: Any, dont_fragment: bool = False) -> bool:
         """Send indications and ChannelData mean nothing on a TCP allocation: dropped."""
         return False
 

@@ -65,15 +65,35 @@ class StreamFramer:
         return rest
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Append data; return every frame now complete, in order. Oversize -> StunDecodeError."""
+        """Append data; return every frame now complete, in order. Oversize -> StunDecodeError.
+
+        Each frame is copied once: sliced from `data` itself while nothing is buffered (a read of whole frames,
+        the common case; a read that is exactly one frame is returned as is), else from a view of the buffer."""
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            view = memoryview(buffer)
+        else:
+            view = memoryview(data)
+        try:
+            frames, pos = self._split(view)
+        finally:
+            view.release()
+        if buffer:
+            if pos:
+                del buffer[:pos]
+        elif pos < len(data):
+            buffer += data[pos:] if pos else data
+        return frames
+
+    def _split(self, view: memoryview) -> tuple[list[bytes], int]:
         frames: list[bytes] = []
-        available = len(buffer)
+        available = len(view)
+        whole = view.obj if isinstance(view.obj, bytes) else None
         pos = 0
         while available - pos >= 4:
-            length = (buffer[pos + 2] << 8) | buffer[pos + 3]
-            if buffer[pos] & 0xC0 == 0:
+            length = (view[pos + 2] << 8) | view[pos + 3]
+            if view[pos] & 0xC0 == 0:
                 frame_size = total = HEADER_SIZE + length
             else:
                 frame_size = total = 4 + length
@@ -83,8 +103,9 @@ class StreamFramer:
                 raise _fail(f"stream frame of {total} bytes exceeds {self._max_frame}")
             if available - pos < total:
                 break
-            frames.append(bytes(buffer[pos : pos + frame_size]))
+            if whole is not None:
+                frames.append(whole[pos : pos + frame_size])
+            else:
+                frames.append(view[pos : pos + frame_size].tobytes())
             pos += total
-        if pos:
-            del buffer[:pos]
-        return frames
+        return frames, pos

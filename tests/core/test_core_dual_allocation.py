@@ -135,6 +135,23 @@ def test_dual_send_indication_leaves_from_the_relay_of_the_peer_family() -> None
     assert (v6.handle, v6.peer) == (allocation.extra_handle, PEER_V6)
 
 
+def test_dual_learned_send_routes_follow_the_relays() -> None:
+    # The Send indication fast path learns IPv4 peers only (pyturn.wire.indications): their route names the IPv4
+    # relay, and goes when that relay is dropped (RFC 8656 §7.3).
+    harness = dual_harness()
+    client = dual(harness)
+    client.create_permission(PEER, PEER_V6)
+    client.send_indication(b"to v4", PEER)
+    client.send_indication(b"to v6", PEER_V6)
+    allocation = client.allocation
+    sends = harness.core.route_table.sends_for_listener(client.five_tuple.transport, client.five_tuple.server)
+    assert list(sends.values()) == [(allocation.relay_handle, PEER)]
+    client.request(Method.REFRESH, [(Attr.LIFETIME, 0), (Attr.REQUESTED_ADDRESS_FAMILY, 0x01)])
+    assert not sends
+    (v6,) = client.send_indication(b"still v6", PEER_V6).of(SendToPeer)
+    assert v6.handle is allocation.relay_handle  # the IPv6 relay, now the allocation's only one
+
+
 def test_dual_channels_route_through_the_relay_of_the_peer_family() -> None:
     harness = dual_harness()
     client = dual(harness)

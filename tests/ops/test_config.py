@@ -139,6 +139,17 @@ CASES: dict[str, Case] = {
     "count-garbage-fatal": text(
         "MaxAllocations = 5 #x", error="{cfg}:1: MaxAllocations: '5 #x' is not a whole number"
     ),
+    "count-socket-buffers": text(
+        "ListenerReceiveBuffer = 8388608\nListenerSendBuffer = 0\nRelayReceiveBuffer = 262144\nRelaySendBuffer = 65536",
+        expect={"listener_receive_buffer": 8388608, "listener_send_buffer": 0, "relay_receive_buffer": 262144,
+                "relay_send_buffer": 65536},
+    ),
+    "count-socket-buffer-negative-fatal": text(
+        "RelayReceiveBuffer = -1", error="{cfg}:1: RelayReceiveBuffer: must be at least 0, got -1"
+    ),
+    "count-socket-buffer-garbage-fatal": text(
+        "ListenerReceiveBuffer = 4M", error="{cfg}:1: ListenerReceiveBuffer: '4M' is not a whole number"
+    ),
     "count-tcp-auth-timeout-zero-fatal": text(
         "TcpAuthTimeout = 0", error="{cfg}:1: TcpAuthTimeout: must be at least 1, got 0"
     ),

@@ -408,3 +408,13 @@ def test_stream_framer_oversize_raises(header: bytes, max_frame: int) -> None:
 def test_stream_framer_max_frame_is_inclusive() -> None:
     frame = b"\x40\x00\x00\x14" + bytes(20)
     assert StreamFramer(max_frame=24).feed(frame) == [frame]
+
+
+def test_stream_framer_copies_a_frame_at_most_once() -> None:
+    # docs/architecture.md "Relay hot path": a read that is exactly one frame is that frame, no copy at all
+    frame = encode_channel_data(0x4000, b"abcd", pad=True)
+    framer = StreamFramer()
+    assert framer.feed(frame)[0] is frame
+    split = [framer.feed(frame[:3]), framer.feed(frame[3:] + STUN_FRAME)]
+    assert split == [[], [frame, STUN_FRAME]]
+    assert all(type(piece) is bytes for piece in split[1])
