@@ -5,7 +5,7 @@ the adapter to open the relay socket.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyturn.core.actions import Action, OpenRelay
 from pyturn.core.allocation import FAMILY_IPV4, FAMILY_IPV6, Allocation, FiveTuple, family_of
@@ -15,7 +15,7 @@ from pyturn.core.redirect import Capacity, capacity_reason, redirect
 from pyturn.core.reservations import redeem
 from pyturn.core.tcp_relay import TCP_PROTOCOL, check_tcp_allocate
 from pyturn.errors import TurnError
-from pyturn.wire.message import Attr, Message
+from pyturn.wire.message import Address, Attr, Message
 
 if TYPE_CHECKING:
     from pyturn.core.state import CoreState
@@ -40,6 +40,10 @@ class PendingAllocation:
     from_reservation: bool
     tcp: bool = False  # RFC 6062: a TCP relayed address
     attempts: int = 1
+    # RFC 8656 §7.2 dual allocation: the IPv6 relay to open once the IPv4 one is bound, and that IPv4 relay
+    # (handle, relayed address) while the IPv6 one is being opened.
+    additional_family: int | None = None
+    first: tuple[Any, Address] | None = None
 
     def release_ports(self, ports: PortPool) -> None:
         ports.release(self.port)
@@ -77,8 +81,17 @@ def allocate(
     even_port = request.get(Attr.EVEN_PORT)
     token = request.get(Attr.RESERVATION_TOKEN)
     family_requested = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-    # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT or REQUESTED-ADDRESS-FAMILY together with RESERVATION-TOKEN -> 400.
-    if token is not None and (even_port is not None or family_requested is not None):
+    # A TCP allocation (RFC 6062) stays single: RFC 6062 defines no dual TCP relay, so the comprehension-optional
+    # attribute is ignored there.
+    additional = None if tcp else request.get(
+        Attr.ADDITIONAL_ADDRESS_FAMILY, request.get(Attr.ADDITIONAL_ADDRESS_FAMILY_OLD)
+    )
+    # §7.2 step 5 / RFC 6156 §4.2: EVEN-PORT, REQUESTED- or ADDITIONAL-ADDRESS-FAMILY with RESERVATION-TOKEN -> 400.
+    if token is not None and (even_port is not None or family_requested is not None or additional is not None):
+        raise TurnError(400, "Bad Request")
+    # §7.2 steps 6, 8 and 9: ADDITIONAL-ADDRESS-FAMILY (a dual allocation) goes with neither REQUESTED-ADDRESS-FAMILY
+    # nor EVEN-PORT with the R bit, and IPv6 is its only valid value -> else 400.
+    if additional is not None and (family_requested is not None or even_port or additional != FAMILY_IPV6):
         raise TurnError(400, "Bad Request")
     if family_requested is not None and family_requested not in (FAMILY_IPV4, FAMILY_IPV6):
         raise TurnError(440, "Address Family not Supported")
@@ -117,6 +130,7 @@ def allocate(
         reserve_next=reserve_next,
         from_reservation=token is not None,
         tcp=tcp,
+        additional_family=additional,
     )
     return [open_relay(state, pending)]
 

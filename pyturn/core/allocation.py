@@ -59,6 +59,8 @@ class Allocation:
     relayed: Address
     expires: float
     dont_fragment: bool = False
+    # RFC 8489 §18.5 password algorithm `key` was derived with (1 MD5, 2 SHA-256); later requests use the same key.
+    algorithm: int = 1
     permissions: dict[str, float] = field(default_factory=dict)
     channels: dict[int, ChannelBinding] = field(default_factory=dict)
     # Fast path views kept in step with the two tables above: peer -> channel number for the live bindings
@@ -75,10 +77,30 @@ class Allocation:
     peers_scheduled: float = float("inf")
     # Answers to this 5-tuple's recent requests: transaction id -> (keep until, bytes), oldest first.
     responses: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
+    # RFC 8656 §7.2 dual allocation (ADDITIONAL-ADDRESS-FAMILY): the IPv6 relay next to the IPv4 one of
+    # `relay_handle` / `relayed`. Both live and die with the allocation, under one lifetime.
+    extra_handle: Any = None
+    extra_relayed: Address | None = None
 
     @property
     def family(self) -> int:
+        """The family of the first relay (the only one unless the allocation is dual)."""
         return 2 if ":" in self.relayed[0] else 1
+
+    def has_family(self, family: int) -> bool:
+        """Whether a relay of this family (RFC 8656 §14.1 value) belongs to the allocation (443 otherwise)."""
+        return family == self.family or (self.extra_relayed is not None and family == family_of(self.extra_relayed[0]))
+
+    def handle_for(self, peer_host: str) -> Any:
+        """The relay socket that sends to a peer: the one of the peer's family (RFC 8656 §7.2, dual allocations)."""
+        if self.extra_relayed is not None and family_of(peer_host) != self.family:
+            return self.extra_handle
+        return self.relay_handle
+
+    def relays(self) -> list[tuple[Any, Address]]:
+        """(handle, relayed address) of each relay: one, or two for a dual allocation."""
+        first = [(self.relay_handle, self.relayed)]
+        return first if self.extra_relayed is None else [*first, (self.extra_handle, self.extra_relayed)]
 
     def has_permission(self, ip: str, now: float) -> bool:
         expires = self.permissions.get(ip)

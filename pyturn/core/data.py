@@ -25,7 +25,7 @@ def handle_send(state: CoreState, indication: Message, five_tuple: FiveTuple, no
         return []
     peer = indication.get(Attr.XOR_PEER_ADDRESS)
     data = indication.get(Attr.DATA)
-    if peer is None or data is None or family_of(peer[0]) != allocation.family:
+    if peer is None or data is None or not allocation.has_family(family_of(peer[0])):
         return []
     if not allocation.has_permission(peer[0], now) or not state.policy.allows(peer[0], peer[1]):
         return []
@@ -34,7 +34,7 @@ def handle_send(state: CoreState, indication: Message, five_tuple: FiveTuple, no
     # sets it on everything already; otherwise the adapter sets it for this one, or drops the datagram when it
     # cannot (as if DONT-FRAGMENT were an unknown comprehension-required attribute).
     dont_fragment = not allocation.dont_fragment and indication.has(Attr.DONT_FRAGMENT)
-    return [SendToPeer(allocation.relay_handle, peer, data, dont_fragment)]
+    return [SendToPeer(allocation.handle_for(peer[0]), peer, data, dont_fragment)]
 
 
 def handle_channel_data(state: CoreState, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:
@@ -48,7 +48,7 @@ def handle_channel_data(state: CoreState, data: bytes, five_tuple: FiveTuple, no
     binding = allocation.channels.get(channel)
     if binding is None or binding.expires <= now or not allocation.has_permission(binding.peer[0], now):
         return []
-    return [SendToPeer(allocation.relay_handle, binding.peer, payload)]
+    return [SendToPeer(allocation.handle_for(binding.peer[0]), binding.peer, payload)]
 
 
 def handle_peer_data(state: CoreState, handle: Any, data: bytes, peer: Address, now: float) -> list[Action]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyturn.core.actions import Action, CloseRelay
-from pyturn.core.allocation import Allocation
+from pyturn.core.allocation import Allocation, family_of
 from pyturn.core.events import AllocationDeleted
 from pyturn.core.reservations import release_reservation
 
@@ -27,6 +27,7 @@ def delete_allocation(
         (allocation.peers_scheduled != float("inf")) + bool(allocation.responses) + (not entry_popped)
     )
     state.by_handle.pop(allocation.relay_handle, None)
+    extra = close_extra_relay(state, allocation)
     user = (allocation.username, allocation.realm)
     remaining = state.per_user.get(user, 1) - 1
     if remaining:
@@ -43,9 +44,41 @@ def delete_allocation(
     allocation.permissions.clear()
     allocation.responses.clear()
     deleted = AllocationDeleted(five_tuple, allocation.username, allocation.relayed, reason)
+    # The first relay's CloseRelay comes last before AllocationDeleted: its byte counts are the ones the adapter
+    # reports (docs/architecture.md "Sans-IO contract").
     # RFC 6062 §5.5: the data connections of a TCP allocation close with it.
     closed = state.tcp_relays.allocation_deleted(allocation) if allocation.tcp else []
-    return [*closed, CloseRelay(handle), *released, deleted]
+    return [*closed, *extra, CloseRelay(handle), *released, deleted]
+
+
+def close_extra_relay(state: CoreState, allocation: Allocation) -> list[Action]:
+    """Forget the second relay of a dual allocation (RFC 8656 §7.2), if it has one; the CloseRelay for it."""
+    handle, relayed = allocation.extra_handle, allocation.extra_relayed
+    if relayed is None:
+        return []
+    allocation.extra_handle = allocation.extra_relayed = None
+    state.by_handle.pop(handle, None)
+    state.ports.release(relayed[1])
+    return [CloseRelay(handle)]
+
+
+def drop_family(state: CoreState, allocation: Allocation, family: int, now: float) -> list[Action]:
+    """Close the relay of one family of a dual allocation (RFC 8656 §7.3, Refresh with REQUESTED-ADDRESS-FAMILY
+    and LIFETIME 0); the other relay carries on alone, with the permissions and channels of its family."""
+    if allocation.family == family:  # the first relay goes: the second takes its place
+        assert allocation.extra_relayed is not None
+        gone_handle, gone_relayed = allocation.relay_handle, allocation.relayed
+        allocation.relay_handle, allocation.relayed = allocation.extra_handle, allocation.extra_relayed
+        allocation.extra_handle, allocation.extra_relayed = gone_handle, gone_relayed
+    closed = close_extra_relay(state, allocation)
+    for ip in [ip for ip in allocation.permissions if family_of(ip) == family]:
+        del allocation.permissions[ip]
+    gone = [binding for binding in allocation.channels.values() if family_of(binding.peer[0]) == family]
+    for binding in gone:
+        del allocation.channels[binding.channel]
+    state.route_table.drop_channels(allocation, gone)
+    state.route_table.sync(allocation, now)
+    return closed
 
 
 def delete_all(state: CoreState, reason: str) -> list[Action]:

@@ -47,6 +47,7 @@ from pyturn.core.tcp_relay import TcpRelays, connect, connection_bind
 from pyturn.core.transactions import error_response_for, refuse, reply, unknown_attributes_response
 from pyturn.errors import StunDecodeError, TurnError
 from pyturn.wire.codec import decode_message
+from pyturn.wire.integrity import has_integrity
 from pyturn.wire.message import Address, Attr, Message, MessageClass, Method
 
 Handler = Callable[[CoreState, Message, FiveTuple, Credentials, Allocation | None, float], list[Action]]
@@ -259,12 +260,12 @@ class TurnServerCore:
         if handler is None:
             return refuse(state, request, five_tuple, TurnError(400, "Bad Request"))
         allocation = state.allocations.get(five_tuple)
-        if request.invalid_attributes and request.integrity_offset is None:
+        if request.invalid_attributes and not has_integrity(request):
             return []  # unauthenticated and malformed: dropped, as a message that does not parse (RFC 8489 §6.3)
         # RFC 8656 §5, §7.3, §9.2, §11.2: 437. Allocate and RFC 6062 §5.4 ConnectionBind (on a new data
         # connection) come from 5-tuples without an allocation.
         mismatch = allocation is None and method != Method.ALLOCATE and method != Method.CONNECTION_BIND
-        if mismatch and request.integrity_offset is None:
+        if mismatch and not has_integrity(request):
             # Without MESSAGE-INTEGRITY: the short unsigned 437 instead of a 401 challenge, whose REALM and NONCE
             # would break the 3x rule for a bare 20-byte Refresh (docs/security.md "Amplification").
             return refuse(state, request, five_tuple, TurnError(437, "Allocation Mismatch"))
@@ -276,7 +277,7 @@ class TurnServerCore:
             if request.invalid_attributes:
                 return []  # malformed and not authenticated: no answer, as above
             actions = refuse(state, request, five_tuple, error)
-            if request.integrity_offset is not None:
+            if has_integrity(request):
                 failure = (error.failure if isinstance(error, Challenge) else "") or MALFORMED
                 actions.append(AuthFailed(five_tuple, error.code, request.get(Attr.USERNAME), failure))
                 state.stats.auth_failure(failure)

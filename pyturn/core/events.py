@@ -18,6 +18,7 @@ class AllocationCreated:
     username: str
     relayed: Address
     lifetime: int
+    also_relayed: Address | None = None  # the IPv6 relay of a dual allocation (RFC 8656 §7.2)
 
 
 @dataclass(frozen=True, slots=True)

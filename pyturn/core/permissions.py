@@ -113,8 +113,9 @@ def check_owner(allocation: Allocation, credentials: Credentials) -> None:
 
 
 def check_peer(state: CoreState, allocation: Allocation, peer: Address, *, port: int | None) -> None:
-    """443 for the other family, 403 for a peer the policy refuses (RFC 8656 §9.2 and §11.2)."""
-    if family_of(peer[0]) != allocation.family:
+    """443 for a family the allocation has no relay of, 403 for a peer the policy refuses (RFC 8656 §9.2 and
+    §11.2); a dual allocation (RFC 8656 §7.2) takes peers of both families."""
+    if not allocation.has_family(family_of(peer[0])):
         raise TurnError(443, "Peer Address Family Mismatch")  # RFC 6156 §5
     policy = state.policy
     if not (policy.allows_permission(peer[0]) if port is None else policy.allows(peer[0], port)):

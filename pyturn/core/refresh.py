@@ -9,7 +9,7 @@ from pyturn.core.actions import Action
 from pyturn.core.allocate import granted_lifetime
 from pyturn.core.allocation import Allocation, FiveTuple
 from pyturn.core.auth import Credentials
-from pyturn.core.deletion import delete_allocation
+from pyturn.core.deletion import delete_allocation, drop_family
 from pyturn.core.events import AllocationRefreshed
 from pyturn.core.permissions import check_owner
 from pyturn.core.timers import DeadlineKind
@@ -32,10 +32,17 @@ def refresh(
     """RFC 8656 §7.3."""
     assert allocation is not None
     check_owner(allocation, credentials)
+    # RFC 8656 §7.3: a REQUESTED-ADDRESS-FAMILY the allocation has no relay of -> 443. In a dual allocation it names
+    # the family the Refresh is about (§7.1): with LIFETIME 0 only that relay goes. A non-zero lifetime refreshes
+    # the allocation, whose two relays share one lifetime (docs/compatibility.md "Relays").
     family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-    if family is not None and family != allocation.family:
+    if family is not None and not allocation.has_family(family):
         raise TurnError(443, "Peer Address Family Mismatch")
     response = success_response(request)
+    if request.get(Attr.LIFETIME) == 0 and family is not None and allocation.extra_relayed is not None:
+        closed = drop_family(state, allocation, family, now)
+        response.add(Attr.LIFETIME, 0)
+        return [reply(state, request, response, five_tuple, credentials.key), *closed]
     if request.get(Attr.LIFETIME) == 0:
         actions = delete_allocation(state, allocation, "refresh")
         response.add(Attr.LIFETIME, 0)

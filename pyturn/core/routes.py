@@ -75,7 +75,7 @@ class RouteTable:
         peers[peer] = attribute
         five_tuple = allocation.five_tuple
         sends = self.sends_for_listener(five_tuple.transport, five_tuple.server)
-        sends[(five_tuple.client, attribute)] = (allocation.relay_handle, peer)
+        sends[(five_tuple.client, attribute)] = (allocation.handle_for(peer[0]), peer)
 
     def forget_peers(self, allocation: Allocation, now: float | None = None) -> None:
         """Drop the learned indication routes whose peer IP lost its permission (all of them when now is None)."""
@@ -103,7 +103,7 @@ class RouteTable:
             key = (client, channel)
             if binding.expires > now and allocation.has_permission(binding.peer[0], now):
                 live[binding.peer] = channel
-                table[key] = (allocation.relay_handle, binding.peer)
+                table[key] = (allocation.handle_for(binding.peer[0]), binding.peer)
             else:
                 table.pop(key, None)
 

@@ -4,7 +4,11 @@ The scheme of draft-uberti-behave-turn-rest-00 §2.2, as coturn (``use-auth-secr
 
 * username = ``EXPIRY`` or ``EXPIRY<separator>NAME``, EXPIRY the Unix time after which it is refused;
 * password = base64(HMAC-SHA1(secret, username));
-* the long-term key is then MD5(username ":" realm ":" password) as for any user (RFC 8489 §9.2.2).
+* the long-term key is then MD5(username ":" realm ":" password) as for any user (RFC 8489 §9.2.2), or its
+  SHA-256 counterpart (RFC 8489 §18.5.1.2) when the client chose PASSWORD-ALGORITHM SHA-256.
+
+USERHASH (RFC 8489 §14.4) cannot name such a user: the username changes with every EXPIRY, so no index can be built
+ahead, and the core does not offer Username anonymity while shared secrets are in force.
 
 The server never stores these users: it recomputes the password from the username. Several secrets may be in
 force at once (rotation): credentials made with any of them are accepted. Pure: the time is an argument and no
@@ -21,7 +25,7 @@ from typing import cast
 
 from pyturn.core.auth import KeyCandidates, PlainUserLookup, UserLookup
 from pyturn.errors import PyturnError
-from pyturn.wire.integrity import long_term_key
+from pyturn.wire.integrity import long_term_key, long_term_key_sha256
 
 __all__ = [
     "DEFAULT_SEPARATOR",
@@ -117,6 +121,24 @@ class SharedSecrets:
         # draft-uberti-behave-turn-rest-00 §2.2: the credentials are valid until EXPIRY; at or after it, refused.
         return KeyCandidates(keys, expired=expiry <= now + self.unix_offset)
 
+    @property
+    def serves_sha256(self) -> bool:
+        return bool(self._secrets)
+
+    finds_userhash = False  # usernames carry their expiry: nothing to index ahead
+
+    def sha256_keys_at(self, username: str, realm: str, now: float) -> KeyCandidates:
+        """As keys_at, with the SHA-256 keys (the password is base64, so OpaqueString leaves it as it is)."""
+        md5 = self.keys_at(username, realm, now)
+        if not md5.keys:
+            return md5
+        keys = tuple(
+            key
+            for secret in self._secrets
+            if (key := long_term_key_sha256(username, realm, rest_password(secret, username))) is not None
+        )
+        return KeyCandidates(keys, expired=md5.expired)
+
     def __repr__(self) -> str:
         return f"SharedSecrets({len(self._secrets)} secrets, realm={self._realm!r})"  # never the secrets
 
@@ -142,6 +164,31 @@ class UsersAndSecrets:
             if key is not None:
                 return KeyCandidates((key,))
         return self.secrets.keys_at(username, realm, now)
+
+    @property
+    def serves_sha256(self) -> bool:
+        return bool(getattr(self.users, "serves_sha256", False)) or self.secrets.serves_sha256
+
+    finds_userhash = False  # the shared-secret users cannot be found by USERHASH (module docs)
+
+    def sha256_keys_at(self, username: str, realm: str, now: float) -> KeyCandidates:
+        """A user the file knows gets the file's SHA-256 key (none for an MD5-only line); others the secrets'."""
+        if self._known_to_users(username, realm, now):
+            sha256_keys_at = getattr(self.users, "sha256_keys_at", None)
+            return sha256_keys_at(username, realm, now) if sha256_keys_at is not None else KeyCandidates()
+        return self.secrets.sha256_keys_at(username, realm, now)
+
+    def user_for_hash(self, hashed: bytes) -> tuple[str, str] | None:
+        find = getattr(self.users, "user_for_hash", None)
+        found: tuple[str, str] | None = find(hashed) if find is not None else None
+        return found
+
+    def _known_to_users(self, username: str, realm: str, now: float) -> bool:
+        users = self.users
+        timed = getattr(users, "keys_at", None)
+        if timed is not None:
+            return bool(timed(username, realm, now).keys)
+        return users is not None and cast(PlainUserLookup, users)(username, realm) is not None
 
     def __repr__(self) -> str:
         return f"UsersAndSecrets({self.users!r}, {self.secrets!r})"

@@ -31,9 +31,10 @@ STALE_NONCE = "stale_nonce"
 EXPIRED_CREDENTIALS = "expired_credentials"  # time-limited (shared-secret) credentials past their expiry
 MALFORMED = "malformed"  # MESSAGE-INTEGRITY without USERNAME, REALM or NONCE (400)
 RATE_LIMITED = "rate_limited"  # an error answer withheld by UnauthenticatedRateLimit
+MD5_ONLY_USER = "md5_only_user"  # a SHA-256 request (RFC 8489 §18.5.1.2) for a user with an MD5 key only (htdigest)
 OTHER_FAILURE = "other"
 AUTH_FAILURE_REASONS = (UNKNOWN_USER, BAD_INTEGRITY, STALE_NONCE, EXPIRED_CREDENTIALS, MALFORMED, RATE_LIMITED,
-                        OTHER_FAILURE)
+                        MD5_ONLY_USER, OTHER_FAILURE)
 
 
 def method_name(method: int) -> str:

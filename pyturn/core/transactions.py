@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pyturn.core.actions import Action, SendToClient
 from pyturn.core.allocation import FiveTuple, Transport
-from pyturn.core.auth import Challenge
+from pyturn.core.auth import OFFERED_ALGORITHMS, Challenge, security_features
 from pyturn.core.stats import RATE_LIMITED
 from pyturn.core.timers import DeadlineKind
 from pyturn.errors import TurnError
@@ -45,12 +45,20 @@ def encode_response(state: CoreState, request: Message, response: Message, key: 
     software = state.software
     if software is not None:
         response.add(Attr.SOFTWARE, software)
+    # RFC 8489 §9.2.4: a request that named a PASSWORD-ALGORITHM is answered with MESSAGE-INTEGRITY-SHA256, one
+    # processed as MD5 with MESSAGE-INTEGRITY; a request signed with MESSAGE-INTEGRITY-SHA256 only is answered in
+    # kind too (as §9.1.3 says for short-term credentials), since that client may check nothing else.
+    sha256 = key is not None and (
+        request.integrity_sha256_offset is not None or request.has(Attr.PASSWORD_ALGORITHM)
+    )
+    mi_key, mi_sha256_key = (None, key) if sha256 else (key, None)
     # RFC 8489 §14.7 / reTurn: FINGERPRINT is mirrored when the request carried one.
-    data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+    data = encode_message(response, integrity_key=mi_key, integrity_sha256_key=mi_sha256_key,
+                          fingerprint=request.has_fingerprint)
     if key is None and software is not None and len(data) > AMPLIFICATION_LIMIT * len(request.raw):
         # An unauthenticated answer may not amplify more than 3x: SOFTWARE is the first thing left out.
         response.attributes.pop()
-        data = encode_message(response, integrity_key=key, fingerprint=request.has_fingerprint)
+        data = encode_message(response, fingerprint=request.has_fingerprint)
     return data
 
 
@@ -92,9 +100,32 @@ def refuse(state: CoreState, request: Message, five_tuple: FiveTuple, error: Tur
     ):
         state.stats.auth_failure(RATE_LIMITED)
         return []
-    response = error_response_for(request, error)
     if isinstance(error, Challenge):
-        # RFC 8489 §9.2.4: 401 and 438 carry the REALM and a fresh NONCE.
-        response.add(Attr.REALM, state.config.authentication_realm)
-        response.add(Attr.NONCE, state.nonces.issue(state.now))
+        response = challenge(state, request, five_tuple, error)
+    else:
+        response = error_response_for(request, error)
     return [reply(state, request, response, five_tuple, None)]
+
+
+def challenge(state: CoreState, request: Message, five_tuple: FiveTuple, error: Challenge) -> Message:
+    """RFC 8489 §9.2.4: 401 and 438 carry the REALM and a fresh NONCE; with the nonce cookie, the Security
+    Features and PASSWORD-ALGORITHMS (docs/compatibility.md "RFC 8489 authentication").
+
+    The offer goes to every request with the magic cookie (RFC 3489 requests predate it). RFC 5389 clients
+    ignore the comprehension-optional PASSWORD-ALGORITHMS and echo the longer nonce (29 characters, within the
+    128 of RFC 8489 §14.10). Over UDP it goes only when the answer with it stays within 3x the request
+    (docs/security.md "Amplification"): the smallest requests get the plain RFC 5389 challenge.
+    """
+    features = 0 if request.classic else security_features(state.users)
+    while True:
+        response = error_response_for(request, error)
+        response.add(Attr.REALM, state.config.authentication_realm)
+        response.add(Attr.NONCE, state.nonces.issue(state.now, features=features))
+        if not features:
+            return response
+        response.add(Attr.PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS)
+        if five_tuple.transport is not Transport.UDP or len(
+            encode_message(response, fingerprint=request.has_fingerprint)
+        ) <= AMPLIFICATION_LIMIT * len(request.raw):
+            return response
+        features = 0

@@ -7,7 +7,9 @@ the
   server runs with ``UserDatabaseHashedPasswords = true``, as the 32-hex-digit HA1;
 * Apache htdigest's ``user:realm:HA1`` (what ``htdigest`` writes), always hashed.
 
-HA1 = MD5(username ":" realm ":" password) is the RFC 8489 §9.2.2 long-term key (16 raw bytes).
+HA1 = MD5(username ":" realm ":" password) is the RFC 8489 §9.2.2 long-term key (16 raw bytes). A line with the
+password in plain text also gives the SHA-256 key of RFC 8489 §18.5.1.2; htdigest lines and hashed passwords hold
+the MD5 key only, so those users stay on MD5 (docs/compatibility.md "RFC 8489 authentication").
 Parsing is pure; pyturn.files.userfile.load_user_file reads the file. A bad line never raises: it is
 reported as a :class:`UserProblem` and skipped. Problem messages never contain passwords or HA1 values.
 """
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from pyturn.wire.integrity import long_term_key
+from pyturn.core.auth import KeyCandidates
+from pyturn.wire.integrity import long_term_key, long_term_key_sha256, userhash
 
 __all__ = [
     "UserDB",
@@ -66,27 +69,68 @@ def _shown(text: str) -> str:
 
 
 class UserDB:
-    """An immutable snapshot of long-term keys, looked up by the exact (username, realm) pair."""
+    """An immutable snapshot of long-term keys, looked up by the exact (username, realm) pair.
 
-    __slots__ = ("_keys", "_realms")
+    ``sha256_keys`` holds the RFC 8489 §18.5.1.2 keys of the users whose password was known; the USERHASH index
+    (RFC 8489 §14.4) is built with the snapshot. Calling the snapshot is ``lookup`` (a PlainUserLookup).
+    """
+
+    __slots__ = ("_by_hash", "_keys", "_realms", "_sha256_keys")
 
     _keys: Mapping[tuple[str, str], bytes]
+    _sha256_keys: Mapping[tuple[str, str], bytes]
+    _by_hash: Mapping[bytes, tuple[str, str]]
     _realms: frozenset[str]
 
-    def __init__(self, keys: Mapping[tuple[str, str], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[tuple[str, str], bytes] | None = None,
+        sha256_keys: Mapping[tuple[str, str], bytes] | None = None,
+    ) -> None:
         copied = {(username, realm): bytes(ha1) for (username, realm), ha1 in (keys or {}).items()}
         self._keys = MappingProxyType(copied)
+        self._sha256_keys = MappingProxyType(
+            {user: bytes(key) for user, key in (sha256_keys or {}).items() if user in copied}
+        )
+        by_hash = {}
+        for username, realm in copied:
+            hashed = userhash(username, realm)
+            if hashed is not None:
+                by_hash[hashed] = (username, realm)
+        self._by_hash = MappingProxyType(by_hash)
         self._realms = frozenset(realm for _, realm in copied)
 
     @classmethod
     def from_passwords(cls, passwords: Mapping[str, str], realm: str) -> UserDB:
         """Build a snapshot from plain-text passwords, all in one realm (handy for test rigs)."""
-        return cls({(user, realm): long_term_key(user, realm, password) for user, password in passwords.items()})
+        keys = {(user, realm): long_term_key(user, realm, password) for user, password in passwords.items()}
+        sha256 = {(user, realm): long_term_key_sha256(user, realm, password) for user, password in passwords.items()}
+        return cls(keys, {user: key for user, key in sha256.items() if key is not None})
 
     def lookup(self, username: str, realm: str) -> bytes | None:
         """The 16-byte HA1 of the user, or None. Exact, case-sensitive comparison (docs/compatibility.md "User
         lookup")."""
         return self._keys.get((username, realm))
+
+    __call__ = lookup
+
+    @property
+    def serves_sha256(self) -> bool:
+        """Whether any user has a SHA-256 key (the core then offers PASSWORD-ALGORITHMS, pyturn.core.auth)."""
+        return bool(self._sha256_keys)
+
+    @property
+    def finds_userhash(self) -> bool:
+        return bool(self._by_hash)
+
+    def sha256_keys_at(self, username: str, realm: str, now: float) -> KeyCandidates:
+        """The SHA-256 key of the user (RFC 8489 §18.5.1.2), none for an unknown or MD5-only user."""
+        key = self._sha256_keys.get((username, realm))
+        return KeyCandidates((key,)) if key is not None else KeyCandidates()
+
+    def user_for_hash(self, hashed: bytes) -> tuple[str, str] | None:
+        """The (username, realm) whose USERHASH this is (RFC 8489 §14.4), or None."""
+        return self._by_hash.get(hashed)
 
     def realms(self) -> frozenset[str]:
         return self._realms
@@ -103,7 +147,7 @@ class UserDB:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UserDB):
             return NotImplemented
-        return dict(self._keys) == dict(other._keys)
+        return dict(self._keys) == dict(other._keys) and dict(self._sha256_keys) == dict(other._sha256_keys)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -117,6 +161,7 @@ class _Entry:
     username: str
     realm: str
     ha1: bytes
+    sha256: bytes | None = None  # RFC 8489 §18.5.1.2, when the line holds the password itself
 
 
 class _LineRejected(Exception):
@@ -195,7 +240,7 @@ def _parse_return_line(line: str, *, hashed: bool) -> _Entry:
         raise _LineRefused(login, realm)
     if hashed:
         return _Entry(login, realm, _hex_ha1(password, "with hashed passwords the password field"))
-    return _Entry(login, realm, long_term_key(login, realm, password))
+    return _Entry(login, realm, long_term_key(login, realm, password), long_term_key_sha256(login, realm, password))
 
 
 def _parse_line(line: str, *, hashed: bool) -> _Entry | None:
@@ -233,6 +278,7 @@ def parse_user_lines(lines: Iterable[str], *, source: str, hashed: bool) -> tupl
     4-field lines (htdigest lines always carry an HA1).
     """
     keys: dict[tuple[str, str], bytes] = {}
+    sha256_keys: dict[tuple[str, str], bytes] = {}
     line_of: dict[tuple[str, str], int] = {}
     problems: list[UserProblem] = []
     for number, line in enumerate(lines, start=1):
@@ -270,8 +316,12 @@ def parse_user_lines(lines: Iterable[str], *, source: str, hashed: bool) -> tupl
                 )
             )
         keys[key] = entry.ha1
+        if entry.sha256 is not None:
+            sha256_keys[key] = entry.sha256
+        else:
+            sha256_keys.pop(key, None)  # a later htdigest line for the same user wins with its MD5 key only
         line_of[key] = number
-    return UserDB(keys), problems
+    return UserDB(keys, sha256_keys), problems
 
 
 def _split_lines(text: str) -> list[str]:

@@ -78,14 +78,14 @@ class UserSource:
             if not result.loaded:
                 raise UserDBError("; ".join(result.problems) or "no valid user in the user file")
             assert self.user_db is not None
-            return self.user_db.lookup
+            return self.user_db
         if isinstance(users, UserDB):
             self.user_db = users
-            return users.lookup
+            return users
         if isinstance(users, Mapping):
             self.user_db = UserDB.from_passwords(users, self.config.authentication_realm)
             self.passwords = dict(users)
-            return self.user_db.lookup
+            return self.user_db
         return users
 
     def _combined_lookup(self) -> UserLookup:
@@ -144,7 +144,7 @@ class UserSource:
             result = self._load_user_file()
             if result.loaded:
                 assert self.user_db is not None
-                self._users = self.user_db.lookup
+                self._users = self.user_db
         elif secret_result is not None:
             result = ReloadResult(True, len(self.user_db) if self.user_db is not None else 0)
         else:

@@ -61,6 +61,9 @@ def _log_lifecycle(event: AllocationCreated | AllocationDeleted) -> None:
     if isinstance(event, AllocationCreated):
         log.info("allocation %s:%d/%s for %r relayed at %s:%d for %ds", client[0], client[1], transport,
                  event.username, event.relayed[0], event.relayed[1], event.lifetime)
+        if event.also_relayed is not None:
+            log.info("allocation %s:%d/%s also relayed at [%s]:%d (dual allocation)", client[0], client[1],
+                     transport, event.also_relayed[0], event.also_relayed[1])
     else:
         log.info("allocation %s:%d/%s deleted (%s)", client[0], client[1], transport, event.reason)
 

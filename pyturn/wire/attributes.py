@@ -5,12 +5,12 @@ Value types (what decode_message produces and encode_message consumes):
   address attributes (MAPPED/XOR-MAPPED/XOR-PEER/XOR-RELAYED/ALTERNATE-SERVER/...)   Address (host, port)
   USERNAME, PASSWORD, REALM, NONCE, SOFTWARE, ALTERNATE-DOMAIN    str (utf-8, surrogateescape)
   ERROR-CODE                                                     (code, reason)
-  ADDRESS-ERROR-CODE                                             (family, code, reason)
+  ADDRESS-ERROR-CODE (also 0x8033)                               (family, code, reason)
   UNKNOWN-ATTRIBUTES                                             tuple[int, ...]
   LIFETIME, BANDWIDTH, PRIORITY, CHANGE-REQUEST, CONNECTION-ID,
   FINGERPRINT, ICE-CONTROLLED, ICE-CONTROLLING                   int
   CHANNEL-NUMBER, RESPONSE-PORT (top 16 bits); REQUESTED-TRANSPORT,
-  REQUESTED-/ADDITIONAL-ADDRESS-FAMILY (top byte)                int
+  REQUESTED-/ADDITIONAL-ADDRESS-FAMILY (top byte, also 0x8032)    int
   EVEN-PORT                                                      bool (the R bit)
   DONT-FRAGMENT, USE-CANDIDATE                                   True
   RESERVATION-TOKEN, USERHASH, DATA, PADDING, MESSAGE-INTEGRITY(-SHA256)   bytes
@@ -314,6 +314,7 @@ _CODECS: dict[int, tuple[_Decoder, _Encoder]] = {
     Attr.ALTERNATE_DOMAIN: _TEXT_CODEC,
     Attr.ERROR_CODE: (_decode_error_code, _encode_error_code),
     Attr.ADDRESS_ERROR_CODE: (_decode_address_error_code, _encode_address_error_code),
+    Attr.ADDRESS_ERROR_CODE_OLD: (_decode_address_error_code, _encode_address_error_code),
     Attr.UNKNOWN_ATTRIBUTES: (_decode_unknown_attributes, _encode_unknown_attributes),
     Attr.LIFETIME: _U32_CODEC,
     Attr.BANDWIDTH: _U32_CODEC,
@@ -326,6 +327,7 @@ _CODECS: dict[int, tuple[_Decoder, _Encoder]] = {
     Attr.REQUESTED_TRANSPORT: _U8_TOP_CODEC,
     Attr.REQUESTED_ADDRESS_FAMILY: _U8_TOP_CODEC,
     Attr.ADDITIONAL_ADDRESS_FAMILY: _U8_TOP_CODEC,
+    Attr.ADDITIONAL_ADDRESS_FAMILY_OLD: _U8_TOP_CODEC,
     Attr.EVEN_PORT: (_decode_even_port, _encode_even_port),
     Attr.DONT_FRAGMENT: _FLAG_CODEC,
     Attr.USE_CANDIDATE: _FLAG_CODEC,

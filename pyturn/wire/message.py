@@ -40,6 +40,13 @@ class MessageClass(IntEnum):
     ERROR = 3
 
 
+class PasswordAlgorithm(IntEnum):
+    """RFC 8489 §18.5: the STUN Password Algorithms registry (PASSWORD-ALGORITHM, PASSWORD-ALGORITHMS)."""
+
+    MD5 = 0x0001
+    SHA256 = 0x0002
+
+
 class Attr(IntEnum):
     MAPPED_ADDRESS = 0x0001
     RESPONSE_ADDRESS = 0x0002
@@ -79,6 +86,10 @@ class Attr(IntEnum):
     PASSWORD_ALGORITHMS = 0x8002
     ALTERNATE_DOMAIN = 0x8003
     XOR_MAPPED_ADDRESS_OLD = 0x8020
+    # draft-ietf-tram-turnbis codepoints of ADDITIONAL-ADDRESS-FAMILY and ADDRESS-ERROR-CODE, before RFC 8656 gave
+    # them 0x8000 and 0x8001; coturn 4.6 (turnutils_uclient -Z) still sends them.
+    ADDITIONAL_ADDRESS_FAMILY_OLD = 0x8032
+    ADDRESS_ERROR_CODE_OLD = 0x8033
     SOFTWARE = 0x8022
     ALTERNATE_SERVER = 0x8023
     FINGERPRINT = 0x8028

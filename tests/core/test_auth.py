@@ -161,11 +161,15 @@ def test_auth_authenticate_challenges(message: Message, now: float, code: int) -
     assert caught.value.code == code
 
 
-def test_auth_authenticate_integrity_sha256_only_is_401() -> None:
+def test_auth_authenticate_integrity_sha256_only_with_the_md5_key() -> None:
+    # RFC 8489 §9.2.4: MESSAGE-INTEGRITY-SHA256 is checked when present; without PASSWORD-ALGORITHM the key is MD5.
     nonce = NonceSigner(SECRET, LIFETIME).issue(NOW)
     message = Message(Method.ALLOCATE, MessageClass.REQUEST, b"\x02" * 12)
     message.add(Attr.USERNAME, "alice").add(Attr.REALM, REALM).add(Attr.NONCE, nonce)
     data = encode_message(message, integrity_sha256_key=long_term_key("alice", REALM, "secret"))
+    credentials = check(decode_message(data))
+    assert credentials.algorithm == 0x0001
+    wrong = encode_message(message, integrity_sha256_key=long_term_key("alice", REALM, "wrong"))
     with pytest.raises(Challenge) as caught:
-        check(decode_message(data))
+        check(decode_message(wrong))
     assert caught.value.code == 401

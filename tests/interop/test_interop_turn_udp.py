@@ -21,6 +21,7 @@ from interop import (
     PyturnProcess,
     TurnRequestFailed,
     UclientReport,
+    aioice_udp_client,
     free_port,
     free_udp_port_pair,
     has_ipv6,
@@ -121,12 +122,7 @@ async def test_interop_aioice_send_indication_relays_to_echo_peer(inprocess_serv
     server_address = _server_address(inprocess_server)
     peer_transport, peer = await start_echo_peer()
     peer_address = peer_transport.get_extra_info("sockname")
-    loop = asyncio.get_running_loop()
-    transport, client = await loop.create_datagram_endpoint(
-        lambda: DataIndicationClient(server_address, username=USERNAME, password=PASSWORD, lifetime=600,
-                                     channel_refresh_time=500),
-        remote_addr=server_address,
-    )
+    transport, client = await aioice_udp_client(DataIndicationClient, server_address)
     try:
         relayed = await asyncio.wait_for(client.connect(), IO_TIMEOUT)
         permission = stun.Message(message_method=stun.Method.CREATE_PERMISSION, message_class=stun.Class.REQUEST)

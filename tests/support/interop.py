@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,9 +312,10 @@ class MiniTurnClient:
     request waits and are not its response are kept in ``unmatched``.
     """
 
-    def __init__(self, server: tuple[str, int], username: str = USERNAME, password: str = PASSWORD) -> None:
+    def __init__(self, server: tuple[str, int], username: str = USERNAME, password: str = PASSWORD, *,
+                 rfc8489: bool = False) -> None:
         self.server = server
-        self.session = ClientSession(username, password)
+        self.session = ClientSession(username, password, rfc8489=rfc8489)
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
@@ -459,3 +460,12 @@ async def start_echo_peer(host: str = LOOPBACK) -> tuple[asyncio.DatagramTranspo
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(EchoProtocol, local_addr=(host, 0))
     return transport, protocol
+
+
+async def aioice_udp_client(protocol: Callable[..., Any], server: tuple[str, int]) -> tuple[Any, Any]:
+    """An aioice TurnClientUdpProtocol (or a subclass of it) talking to `server` as USERNAME; connect() allocates."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_datagram_endpoint(
+        lambda: protocol(server, username=USERNAME, password=PASSWORD, lifetime=600, channel_refresh_time=500),
+        remote_addr=server,
+    )

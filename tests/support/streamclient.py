@@ -44,13 +44,14 @@ class StreamTurnClient:
         padding: bool = True,
         username: str = USERNAME,
         password: str = PASSWORD,
+        rfc8489: bool = False,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.padding = padding
         self.framer = StreamFramer(channel_padding=padding)
         self.frames: list[bytes] = []
-        self.session = ClientSession(username, password)
+        self.session = ClientSession(username, password, rfc8489=rfc8489)
 
     username = SessionField("username")
     realm = SessionField("realm")
@@ -69,11 +70,12 @@ class StreamTurnClient:
         context: ssl.SSLContext | None = None,
         username: str = USERNAME,
         password: str = PASSWORD,
+        rfc8489: bool = False,
     ) -> StreamTurnClient:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(address[0], address[1], ssl=context), WAIT
         )
-        return cls(reader, writer, padding=padding, username=username, password=password)
+        return cls(reader, writer, padding=padding, username=username, password=password, rfc8489=rfc8489)
 
     async def close(self) -> None:
         self.writer.close()

@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from turnsession import ClientSession, Outgoing, SessionField, counting_transaction_id, message, run_exchange
+from turnsession import (
+    CLIENT_SOFTWARE,
+    ClientSession,
+    Outgoing,
+    SessionField,
+    counting_transaction_id,
+    message,
+    run_exchange,
+)
 
 from pyturn.config import Config
 from pyturn.core.actions import Action, OpenRelay, RelayFailure, SendFrom, SendToClient
@@ -228,7 +236,10 @@ class TurnClient:
         Allocate is used because the other TURN requests are answered 437 before authentication when the
         5-tuple has no allocation.
         """
-        result = self.send_raw(build(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+        attrs: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
+        if self.session.rfc8489:
+            attrs.append((Attr.SOFTWARE, CLIENT_SOFTWARE))
+        result = self.send_raw(build(Method.ALLOCATE, attrs))
         self.learn(result.response)
         return result
 

@@ -8,6 +8,8 @@ Nothing here opens a socket, sleeps or reads a clock. A driver moves the bytes:
 `ClientSession.exchange` is the RFC 8489 §9.2.3 long-term-credential dance written once, as a generator: it yields
 each request to send (bytes and transaction id) and is sent back the response the driver matched to it (or None
 when none came); a 401/438 carrying a NONCE teaches it REALM and NONCE and the request goes once more, signed.
+With ``rfc8489=True`` it also follows RFC 8489 §9.2.5: it copies PASSWORD-ALGORITHMS, picks the first algorithm it
+knows (SHA-256 signs with MESSAGE-INTEGRITY-SHA256) and sends USERHASH when the nonce cookie offers anonymity.
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pyturn.core.auth import FEATURE_USERNAME_ANONYMITY, nonce_features
 from pyturn.wire.codec import decode_message, encode_message
 from pyturn.wire.framing import decode_channel_data, encode_channel_data
-from pyturn.wire.integrity import long_term_key, verify_integrity
-from pyturn.wire.message import Attr, Message, MessageClass, Method
+from pyturn.wire.integrity import long_term_key, long_term_key_sha256, userhash, verify_message_integrity
+from pyturn.wire.message import Attr, Message, MessageClass, Method, PasswordAlgorithm
 
 Attributes = Sequence[tuple[int, Any]]
 RETRY_CODES = (401, 438)  # RFC 8489 §9.2.3.1 (first challenge), §9.2.3.2 (stale nonce)
 REQUESTED_TRANSPORT_UDP = 17  # RFC 8656 §14.7: the protocol number of UDP
 REQUESTED_TRANSPORT_TCP = 6  # RFC 6062 §6.1: the protocol number of TCP
+# RFC 8489 §14.9: clients SHOULD say who they are; it also keeps a first request big enough for the server's full
+# RFC 8489 challenge within its 3x amplification budget (docs/security.md "Amplification").
+CLIENT_SOFTWARE = "pyturn test client (RFC 8489)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +68,15 @@ def message(
     msg_class: MessageClass = MessageClass.REQUEST,
     tid: bytes | None = None,
     key: bytes | None = None,
+    sha256_key: bytes | None = None,
     fingerprint: bool = False,
 ) -> bytes:
-    """Encode a message; with key, MESSAGE-INTEGRITY is appended (and FINGERPRINT after it when asked)."""
+    """Encode a message; with key, MESSAGE-INTEGRITY is appended, with sha256_key MESSAGE-INTEGRITY-SHA256 (and
+    FINGERPRINT after them when asked)."""
     built = Message(method, msg_class, tid if tid is not None else random_transaction_id())
     for attr, value in attrs:
         built.add(attr, value)
-    return encode_message(built, integrity_key=key, fingerprint=fingerprint)
+    return encode_message(built, integrity_key=key, integrity_sha256_key=sha256_key, fingerprint=fingerprint)
 
 
 def binding_request(tid: bytes | None = None) -> Outgoing:
@@ -141,7 +149,12 @@ class ClientSession:
         default_realm: str | None = None,
         realm_override: str | None = None,
         new_tid: Callable[[], bytes] = random_transaction_id,
+        rfc8489: bool = False,
     ) -> None:
+        self.rfc8489 = rfc8489
+        self.password_algorithms: tuple[tuple[int, bytes], ...] | None = None  # as the last challenge offered them
+        self.algorithm: int = PasswordAlgorithm.MD5
+        self.use_userhash = False
         self.username = username
         self.password = password
         self.retry_codes = tuple(retry_codes)
@@ -160,7 +173,11 @@ class ClientSession:
     def key(self) -> bytes | None:
         """The long-term key (RFC 8489 §9.2.2), once a realm is known."""
         realm = self.signing_realm
-        return None if realm is None else long_term_key(self.username, realm, self.password)
+        if realm is None:
+            return None
+        if self.algorithm == PasswordAlgorithm.SHA256:
+            return long_term_key_sha256(self.username, realm, self.password)
+        return long_term_key(self.username, realm, self.password)
 
     @property
     def can_sign(self) -> bool:
@@ -168,18 +185,32 @@ class ClientSession:
 
     def credentials(self) -> list[tuple[int, Any]]:
         assert self.nonce is not None and self.signing_realm is not None, "challenge first"
-        return [(Attr.USERNAME, self.username), (Attr.REALM, self.signing_realm), (Attr.NONCE, self.nonce)]
+        realm = self.signing_realm
+        hashed = userhash(self.username, realm) if self.use_userhash else None
+        who = (Attr.USERHASH, hashed) if hashed is not None else (Attr.USERNAME, self.username)
+        attrs: list[tuple[int, Any]] = [who, (Attr.REALM, realm), (Attr.NONCE, self.nonce)]
+        if self.password_algorithms is not None:
+            # RFC 8489 §9.2.5: the list as the challenge gave it, then the algorithm chosen from it.
+            attrs += [(Attr.PASSWORD_ALGORITHMS, self.password_algorithms),
+                      (Attr.PASSWORD_ALGORITHM, (self.algorithm, b""))]
+        return attrs
 
     def signed(
         self, method: int, attrs: Attributes = (), *, tid: bytes | None = None, fingerprint: bool = False
     ) -> bytes:
-        """A request with the attributes, then USERNAME, REALM, NONCE and MESSAGE-INTEGRITY (RFC 8489 §9.2.3)."""
-        return message(method, [*attrs, *self.credentials()], tid=tid, key=self.key, fingerprint=fingerprint)
+        """A request with the attributes, then USERNAME (or USERHASH), REALM, NONCE, the password algorithms when
+        offered and MESSAGE-INTEGRITY, or MESSAGE-INTEGRITY-SHA256 for a SHA-256 key (RFC 8489 §9.2.3, §9.2.5)."""
+        key = self.key
+        sha256 = self.algorithm == PasswordAlgorithm.SHA256
+        return message(method, [*attrs, *self.credentials()], tid=tid, key=None if sha256 else key,
+                       sha256_key=key if sha256 else None, fingerprint=fingerprint)
 
     def outgoing(self, method: int, attrs: Attributes = (), *, tid: bytes | None = None, fingerprint: bool = True,
                  sign: bool | None = None) -> Outgoing:
         """A request, signed when credentials are known (or as ``sign`` says)."""
         tid = tid if tid is not None else self.new_tid()
+        if self.rfc8489:
+            attrs = [*attrs, (Attr.SOFTWARE, CLIENT_SOFTWARE)]
         if sign if sign is not None else self.can_sign:
             return Outgoing(self.signed(method, attrs, tid=tid, fingerprint=fingerprint), tid)
         return Outgoing(message(method, attrs, tid=tid, fingerprint=fingerprint), tid)
@@ -192,6 +223,14 @@ class ClientSession:
             self.realm = realm
         if nonce is not None:
             self.nonce = nonce
+        if not self.rfc8489 or nonce is None:
+            return
+        offered = response.get(Attr.PASSWORD_ALGORITHMS)
+        supported = (PasswordAlgorithm.SHA256, PasswordAlgorithm.MD5)
+        known = [algorithm for algorithm, _ in offered or () if algorithm in supported]
+        self.password_algorithms = tuple(offered) if known else None
+        self.algorithm = known[0] if known else PasswordAlgorithm.MD5
+        self.use_userhash = bool(nonce_features(nonce) & FEATURE_USERNAME_ANONYMITY)
 
     def wants_retry(self, response: Message | None) -> bool:
         """A 401 or 438 with a NONCE: learn from it and send the request again (RFC 8489 §9.2.5)."""
@@ -210,9 +249,9 @@ class ClientSession:
         return response
 
     def verify(self, response: Message) -> bool:
-        """MESSAGE-INTEGRITY of a response checks with the session's key."""
+        """MESSAGE-INTEGRITY(-SHA256) of a response checks with the session's key."""
         key = self.key
-        return key is not None and verify_integrity(response, key)
+        return key is not None and verify_message_integrity(response, key)
 
 
 class SessionField:

@@ -1,0 +1,77 @@
+"""Dual allocations on real sockets (RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY): one Allocate over UDP gets an IPv4
+and an IPv6 relay on loopback, and relays to an IPv4 and an IPv6 peer, each through the relay of its family; a
+Refresh of one family (§7.3) closes that relay only. Needs the IPv6 loopback (under CI a missing one fails)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from interop import LOOPBACK, LOOPBACK_V6, MiniTurnClient, has_ipv6, start_echo_peer
+
+from pyturn.config import Config
+from pyturn.server import Server
+from pyturn.wire.message import Attr, Method
+
+pytestmark = pytest.mark.requires(has_ipv6(), "this host has no IPv6 loopback")
+
+WAIT = 5.0
+ADDITIONAL_IPV6 = (Attr.ADDITIONAL_ADDRESS_FAMILY, 0x02)
+
+
+@pytest.fixture
+def dual_config(loopback_config: Config) -> Config:
+    return loopback_config.replace(turn_v6_address=LOOPBACK_V6)
+
+
+@pytest.mark.parametrize("listener", [LOOPBACK, LOOPBACK_V6], ids=["ipv4-client", "ipv6-client"])
+async def test_dual_allocation_relays_to_peers_of_both_families(dual_config: Config, listener: str) -> None:
+    v4_transport, v4_peer = await start_echo_peer(LOOPBACK)
+    v6_transport, v6_peer = await start_echo_peer(LOOPBACK_V6)
+    v4_address = v4_transport.get_extra_info("sockname")[:2]
+    v6_address = v6_transport.get_extra_info("sockname")[:2]
+    try:
+        async with Server(dual_config, users={"alice": "secret"}) as server:
+            address = next(a for a in server.addresses["udp"] if (":" in a[0]) == (":" in listener))
+            with MiniTurnClient(address, "alice", "secret") as client:
+                response = await asyncio.wait_for(
+                    client.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17), ADDITIONAL_IPV6), WAIT
+                )
+                relayed_v4, relayed_v6 = response.get_all(Attr.XOR_RELAYED_ADDRESS)
+                assert relayed_v4[0] == LOOPBACK and relayed_v6[0] == LOOPBACK_V6
+                assert not response.has(Attr.ADDRESS_ERROR_CODE)
+                await asyncio.wait_for(client.channel_bind(0x4000, v4_address), WAIT)
+                await asyncio.wait_for(client.channel_bind(0x4001, v6_address), WAIT)
+                await client.send_channel_data(0x4000, b"over ipv4")
+                assert await client.receive_payload(WAIT) == b"over ipv4"
+                await client.send_channel_data(0x4001, b"over ipv6")
+                assert await client.receive_payload(WAIT) == b"over ipv6"
+                assert v4_peer.seen == [(b"over ipv4", relayed_v4)]
+                assert v6_peer.seen[0][0] == b"over ipv6" and v6_peer.seen[0][1][:2] == relayed_v6
+                # Drop the IPv6 relay alone (RFC 8656 §7.3); IPv4 goes on.
+                deleted = await asyncio.wait_for(
+                    client.request(Method.REFRESH, (Attr.LIFETIME, 0), (Attr.REQUESTED_ADDRESS_FAMILY, 0x02)), WAIT
+                )
+                assert deleted.get(Attr.LIFETIME) == 0
+                assert server.allocation_count() == 1
+                await client.send_channel_data(0x4000, b"still ipv4")
+                assert await client.receive_payload(WAIT) == b"still ipv4"
+                assert await asyncio.wait_for(client.refresh(0), WAIT) == 0
+            assert server.allocation_count() == 0
+    finally:
+        v4_transport.close()
+        v6_transport.close()
+
+
+async def test_dual_allocation_without_ipv6_relays_gets_address_error_code(loopback_config: Config) -> None:
+    # No IPv6 listener address and an IPv6 relay address that cannot be bound: IPv4 alone, ADDRESS-ERROR-CODE.
+    config = loopback_config.replace(relay_v6_address="2001:db8::1")
+    async with Server(config, users={"alice": "secret"}) as server:
+        with MiniTurnClient(server.addresses["udp"][0], "alice", "secret") as client:
+            response = await asyncio.wait_for(
+                client.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, 17), ADDITIONAL_IPV6), WAIT
+            )
+            assert len(response.get_all(Attr.XOR_RELAYED_ADDRESS)) == 1
+            family, code, _ = response.get(Attr.ADDRESS_ERROR_CODE)
+            assert (family, code) in ((0x02, 440), (0x02, 508))
+            assert await asyncio.wait_for(client.refresh(0), WAIT) == 0
