@@ -39,8 +39,9 @@ def relay_opened(state: CoreState, token: int, handle: Any, bound: Address, now:
     config = state.config
     external = config.external_v6_address if pending.family == FAMILY_IPV6 else config.external_address
     relayed = (external, bound[1]) if external else bound
-    if bound[0] not in state.policy.relay_addresses:
-        learn_relay_address(state, bound[0])
+    policy = state.policy
+    if bound[0] not in policy.relay_addresses and bound[0] not in policy.host_addresses:
+        learn_relay_address(state, bound[0])  # once per IP: a new policy also drops the learned Send routes
     if pending.first is not None:
         first_handle, first_relayed = pending.first
         return _create(state, pending, first_handle, first_relayed, now, extra=(handle, relayed))

@@ -308,7 +308,9 @@ class TcpRelayAdapter:
         it); from another port of its IP when that 4-tuple is busy (a recent connection to the peer in TIME_WAIT)."""
         loop = self.runtime.loop
         connected = False
-        for port in (source[1], 0):
+        # Out of descriptors (docs/security.md "TCP relays"): no socket is opened and the Connect gets 447.
+        ports = () if self.runtime.sockets_exhausted() else (source[1], 0)
+        for port in ports:
             try:
                 sock = bind_stream(source[0], port, reuse_port=True, backlog=None)
             except OSError:

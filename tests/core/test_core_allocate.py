@@ -101,6 +101,20 @@ def test_core_allocate_wildcard_bind_is_advertised_as_bound() -> None:
     assert response.get(Attr.XOR_RELAYED_ADDRESS) == ("192.0.2.55", open_relay.port)
 
 
+def test_core_allocate_learns_a_relay_ip_once_even_a_denied_one() -> None:
+    """A wildcard listener binding relays on loopback (denied unless configured): the first relay there makes it a
+    host address, later ones leave the policy object alone (a new policy would drop every learned Send route)."""
+    harness = Harness(auto_open=False)
+    policies = []
+    for number in range(3):
+        client = harness.client(client=("127.0.0.1", 50000 + number), server=("0.0.0.0", 3478))
+        open_relay = client.allocate().one(OpenRelay)
+        Result(harness.core.relay_opened(open_relay.token, f"h{number}", ("127.0.0.1", open_relay.port), harness.now))
+        policies.append(harness.core.policy)
+    assert "127.0.0.1" in policies[0].host_addresses
+    assert policies[1] is policies[0] and policies[2] is policies[0]
+
+
 @pytest.mark.parametrize(
     ("requested", "granted"),
     [

@@ -191,6 +191,22 @@ async def test_connect_to_closed_port_gets_447(loopback_config: Config) -> None:
             await client.close()
 
 
+async def test_connect_without_descriptors_to_spare_gets_447(
+    loopback_config: Config, echo_peer: Address, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors (the budget the accept path checks too): no socket is opened, the Connect gets 447."""
+    async with Server(loopback_config, users={USERNAME: PASSWORD}) as server:
+        client, _ = await control(server, echo_peer)
+        try:
+            assert server._runtime is not None
+            monkeypatch.setattr(server._runtime, "sockets_exhausted", lambda: True)
+            response = await client.connect_request(echo_peer)
+            assert error_code(response) == 447
+            assert links(server) == 0
+        finally:
+            await client.close()
+
+
 async def test_connect_to_loopback_with_default_policy_gets_403(echo_peer: Address) -> None:
     config = Config(turn_address=LOOPBACK, turn_v6_address="", turn_port=0, tls_turn_port=0,
                     unauthenticated_rate_limit=0, user_database_check_interval=0)
