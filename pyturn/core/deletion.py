@@ -44,8 +44,8 @@ def delete_allocation(
     allocation.permissions.clear()
     allocation.responses.clear()
     deleted = AllocationDeleted(five_tuple, allocation.username, allocation.relayed, reason)
-    # The first relay's CloseRelay comes last before AllocationDeleted: its byte counts are the ones the adapter
-    # reports (docs/architecture.md "Sans-IO contract").
+    # The CloseRelay of each relay (two for a dual allocation) comes before AllocationDeleted: the adapter reports
+    # their byte counts added up (docs/architecture.md "Sans-IO contract").
     # RFC 6062 §5.5: the data connections of a TCP allocation close with it.
     closed = state.tcp_relays.allocation_deleted(allocation) if allocation.tcp else []
     return [*closed, *extra, CloseRelay(handle), *released, deleted]

@@ -159,7 +159,10 @@ class Runtime:
             self.streams_per_source.pop(client_ip, None)
 
     def dispatch(self, actions: list[Action]) -> None:
-        closing: Any = None  # the relay socket of the last CloseRelay, whose counters an AllocationDeleted reports
+        # The counters of the relay sockets just closed for one five-tuple (both relays of a dual allocation),
+        # which the AllocationDeleted that follows them reports.
+        closed_key: Any = None
+        closed_to_peer = closed_to_client = 0
         for action in actions:
             kind = type(action)
             if kind is SendToClient:
@@ -175,6 +178,11 @@ class Runtime:
             elif kind is CloseRelay:
                 closing = action.handle  # type: ignore[union-attr]
                 closing.close()
+                if closing.stream_key != closed_key:
+                    closed_key = closing.stream_key
+                    closed_to_peer = closed_to_client = 0
+                closed_to_peer += closing.bytes_to_peer
+                closed_to_client += closing.bytes_to_client
             elif kind is ReleasePort:
                 self.release_reserved(action.family, action.port)  # type: ignore[union-attr]
             elif kind in _TCP_RELAY_ACTIONS:
@@ -184,13 +192,14 @@ class Runtime:
                 if listener is not None:
                     listener.send(action.data, action.destination)  # type: ignore[union-attr]
             else:
-                if isinstance(action, AllocationDeleted) and closing is not None and (
-                    closing.stream_key == action.five_tuple
+                if isinstance(action, AllocationDeleted) and closed_key is not None and (
+                    closed_key == action.five_tuple
                 ):
-                    # The core's deletion comes right after the CloseRelay of that allocation's relay socket.
+                    # The core's deletion comes right after the CloseRelay of each of that allocation's relays.
                     action = dataclasses.replace(
-                        action, bytes_to_peer=closing.bytes_to_peer, bytes_to_client=closing.bytes_to_client
+                        action, bytes_to_peer=closed_to_peer, bytes_to_client=closed_to_client
                     )
+                    closed_key = None
                 if kind is AllocationCreated or kind is AllocationDeleted:
                     _log_lifecycle(action)  # type: ignore[arg-type]
                 if self.on_event is not None:
@@ -281,7 +290,15 @@ class Runtime:
         relay = RelayEndpoint(self, sock, five_tuple)
         relay.dont_fragment = action.dont_fragment
         self.relays.add(relay)
-        return core.relay_opened(action.token, relay, plain_address(sock.getsockname()), now)
+        actions = core.relay_opened(action.token, relay, plain_address(sock.getsockname()), now)
+        if relay.peer_limit is not None:
+            allocation = core.allocation_for_handle(relay)
+            if allocation is not None and allocation.extra_handle is relay:
+                # MaxBandwidthPerAllocation caps the allocation, not each relay: the IPv6 relay of a dual one
+                # draws on the IPv4 relay's buckets (docs/security.md "Bandwidth cap").
+                first = allocation.relay_handle
+                relay.peer_limit, relay.client_limit = first.peer_limit, first.client_limit
+        return actions
 
     def _hold_reserved(self, host: str, port: int) -> socket.socket:
         """Bind a reserved port and keep it, unread, until it is redeemed or released.

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pyturn.core.allocation import FiveTuple
+from pyturn.core.allocation import Allocation, FiveTuple
 from pyturn.core.events import AllocationCreated, AllocationDeleted, Event
 from pyturn.core.impairment import ActiveImpairment, ImpairedPath, Impairment, directions_of
 from pyturn.net.relay import RelayEndpoint
@@ -161,7 +161,7 @@ class RelayImpairments:
         self._to_peer: dict[RelayEndpoint, tuple[Shaper, Deliver]] = {}
         self._to_client: dict[RelayEndpoint, Any] = {}  # endpoint -> its real udp_sock (None over TCP/TLS)
         self._indications: dict[FiveTuple, tuple[Shaper, Deliver]] = {}
-        self._endpoints: dict[FiveTuple, RelayEndpoint] = {}  # the endpoints changed above
+        self._endpoints: dict[FiveTuple, list[RelayEndpoint]] = {}  # the endpoints changed above, per allocation
         self._paused_readers: set[RelayEndpoint] = set()
         self._send_to_client = runtime._send_to_client
         runtime.impairments = self
@@ -221,12 +221,12 @@ class RelayImpairments:
         """Impair the relays of allocations created while impairments are in force; forget deleted ones."""
         if type(event) is AllocationCreated:
             allocation = self.runtime.core.allocations.get(event.five_tuple)
-            if allocation is not None and isinstance(allocation.relay_handle, RelayEndpoint):
-                self._apply(allocation.relay_handle, allocation.username, event.five_tuple)
+            if allocation is not None:
+                self._apply_allocation(allocation)
         elif type(event) is AllocationDeleted:
-            endpoint = self._endpoints.get(event.five_tuple)  # the event log passes the event on without it
-            if endpoint is not None:
-                self._apply(endpoint, None, event.five_tuple, forget=True)
+            endpoints = self._endpoints.get(event.five_tuple)  # the event log passes the event on without it
+            if endpoints is not None:
+                self._apply(endpoints, None, event.five_tuple, forget=True)
         self._sync_override()
 
     # ------------------------------------------------------------------------------------------ packets
@@ -273,10 +273,20 @@ class RelayImpairments:
         return rule[1].get("to_peer"), rule[1].get("to_client")
 
     def _apply_all(self) -> None:
-        for five_tuple, allocation in self.runtime.core.allocations.items():
-            if isinstance(allocation.relay_handle, RelayEndpoint):
-                self._apply(allocation.relay_handle, allocation.username, five_tuple)
+        for allocation in self.runtime.core.allocations.values():
+            self._apply_allocation(allocation)
         self._sync_override()
+
+    def _apply_allocation(self, allocation: Allocation) -> None:
+        """Every relay of `allocation` (both of a dual one, RFC 8656 §7.2) under the impairment of its user; a relay
+        a Refresh has closed since (one family dropped) is restored and forgotten."""
+        endpoints = [handle for handle, _ in allocation.relays() if isinstance(handle, RelayEndpoint)]
+        five_tuple = allocation.five_tuple
+        gone = [endpoint for endpoint in self._endpoints.get(five_tuple, ()) if endpoint not in endpoints]
+        if gone:
+            self._apply(gone, None, five_tuple, forget=True)
+        if endpoints:
+            self._apply(endpoints, allocation.username, five_tuple)
 
     def _sync_override(self) -> None:
         """Data indications pass through send_to_client only while some client path is impaired."""
@@ -285,12 +295,32 @@ class RelayImpairments:
         else:
             self.runtime.__dict__.pop("_send_to_client", None)
 
-    def _apply(self, endpoint: RelayEndpoint, username: str | None, five_tuple: FiveTuple,
+    def _apply(self, endpoints: list[RelayEndpoint], username: str | None, five_tuple: FiveTuple,
                *, forget: bool = False) -> None:
+        """Impair (or restore, `forget`) the relay sockets `endpoints` of the allocation of `five_tuple`."""
         to_peer, to_client = (None, None) if forget else self._shapers_for(username)
-        self._pause_reading(endpoint, to_client if isinstance(to_client, BlackHole) else None)
-        if isinstance(to_client, BlackHole):
+        hole = to_client if isinstance(to_client, BlackHole) else None
+        if hole is not None:
             to_client = None  # nothing read from the relay socket reaches the client path
+        for endpoint in endpoints:
+            self._pause_reading(endpoint, hole)
+            self._apply_endpoint(endpoint, to_peer, to_client)
+        if to_client is not None:
+            unshaped = self._send_to_client
+            self._indications[five_tuple] = (to_client, lambda data, key: unshaped(key, data))
+        else:
+            self._indications.pop(five_tuple, None)
+        changed = [
+            endpoint for endpoint in endpoints
+            if endpoint in self._to_peer or endpoint in self._to_client or endpoint in self._paused_readers
+        ]
+        others = [endpoint for endpoint in self._endpoints.get(five_tuple, ()) if endpoint not in endpoints]
+        if changed or others:
+            self._endpoints[five_tuple] = [*others, *changed]
+        else:
+            self._endpoints.pop(five_tuple, None)
+
+    def _apply_endpoint(self, endpoint: RelayEndpoint, to_peer: Shaper | None, to_client: Shaper | None) -> None:
         if to_peer is not None:
             self._to_peer[endpoint] = (to_peer, types.MethodType(RelayEndpoint.send, endpoint))
             endpoint.__class__ = ImpairedRelayEndpoint
@@ -304,13 +334,5 @@ class RelayImpairments:
                 _datagram_sender(original) if original is not None else _stream_sender(self.runtime, endpoint)
             )
             endpoint.udp_sock = _ShapedSocket(to_client, client_deliver)  # type: ignore[assignment]
-            unshaped = self._send_to_client
-            self._indications[five_tuple] = (to_client, lambda data, key: unshaped(key, data))
-        else:
-            if endpoint in self._to_client:
-                endpoint.udp_sock = self._to_client.pop(endpoint)
-            self._indications.pop(five_tuple, None)
-        if endpoint in self._to_peer or endpoint in self._to_client or endpoint in self._paused_readers:
-            self._endpoints[five_tuple] = endpoint
-        else:
-            self._endpoints.pop(five_tuple, None)
+        elif endpoint in self._to_client:
+            endpoint.udp_sock = self._to_client.pop(endpoint)
