@@ -12,7 +12,9 @@ The contract, which tests/core/test_routes.py checks:
 * ``RouteTable.sends_for_listener(transport, server)`` is the Send indication table of one listening address:
   ``{(client address, XOR-PEER-ADDRESS attribute bytes): (relay handle, peer address)}``, the attribute being the
   12 bytes of pyturn.wire.indications.peer_attribute() (IPv4 peers only), looked up with the bytes of a Send
-  indication that pyturn.wire.indications.parse_send() accepted. Same object for the life of the core.
+  indication that pyturn.wire.indications.parse_send() accepted. Same object for the life of the core. Only UDP
+  allocations have entries: the UDP listener is the one adapter that reads this table (a TCP/TLS stream's Send
+  indications take the slow path), so the table of a TCP or TLS listening address stays empty.
 * ``Allocation.peer_attributes`` is the Data indication table of one allocation: ``{peer address: XOR-PEER-ADDRESS
   attribute bytes}``, the template of pyturn.wire.indications.DATA_INDICATION_HEAD; same object for the life of the
   allocation. The adapter builds a Data indication from it for a peer datagram that has no channel, with a
@@ -74,8 +76,9 @@ class RouteTable:
             return
         peers[peer] = attribute
         five_tuple = allocation.five_tuple
-        sends = self.sends_for_listener(five_tuple.transport, five_tuple.server)
-        sends[(five_tuple.client, attribute)] = (allocation.handle_for(peer[0]), peer)
+        if five_tuple.transport is Transport.UDP:  # the only adapter with a Send indication fast path
+            sends = self.sends_for_listener(Transport.UDP, five_tuple.server)
+            sends[(five_tuple.client, attribute)] = (allocation.handle_for(peer[0]), peer)
 
     def forget_peers(self, allocation: Allocation, now: float | None = None) -> None:
         """Drop the learned indication routes whose peer IP lost its permission (all of them when now is None)."""
@@ -83,7 +86,7 @@ class RouteTable:
         if not peers:
             return
         five_tuple = allocation.five_tuple
-        sends = self.sends_for_listener(five_tuple.transport, five_tuple.server)
+        sends = self._sends.get((five_tuple.transport, five_tuple.server), {})
         for peer in [p for p in peers if now is None or not allocation.has_permission(p[0], now)]:
             sends.pop((five_tuple.client, peers.pop(peer)), None)
 

@@ -19,7 +19,6 @@ from pyturn.wire.indications import (
     DATA_INDICATION_HEAD,
     INDICATION_PADDING,
     MAGIC_COOKIE,
-    data_indication_length,
 )
 from pyturn.wire.message import Address
 
@@ -116,6 +115,9 @@ class RelayEndpoint:
         client = self.client
         limit = self.client_limit
         v6 = self.v6
+        core = self.runtime.core
+        tid_prefix = core.data_tid_prefix  # both fixed for the core's life (docs/architecture.md "Adapter contract")
+        tids = core.data_tids
         packets = octets = 0  # relayed towards the client in this wake-up, added to the counters once
         for _ in range(DRAIN_BATCH):
             try:
@@ -137,11 +139,11 @@ class RelayEndpoint:
                 if template is None:
                     self._slow_path(data, peer)
                     continue
-                core = self.runtime.core
-                # RFC 8656 §11.4 Data indication: the peer's XOR-PEER-ADDRESS from the template, a fresh transaction id.
+                # RFC 8656 §11.4 Data indication: the peer's XOR-PEER-ADDRESS from the template, a fresh transaction id
+                # (RFC 8489 §6). Length: the 12-byte attribute, the DATA header, the value padded to 4 (RFC 8489 §14).
                 message = DATA_INDICATION_HEAD.pack(
-                    DATA_INDICATION, data_indication_length(size), MAGIC_COOKIE, core.data_tid_prefix,
-                    next(core.data_tids), template, 0x0013, size,
+                    DATA_INDICATION, 16 + size + (-size & 3), MAGIC_COOKIE, tid_prefix, next(tids), template,
+                    0x0013, size,
                 ) + data + INDICATION_PADDING[size % 4]
             if limit is not None and not limit.allow(size, self.runtime.loop.time()):
                 continue

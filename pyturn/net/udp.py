@@ -51,6 +51,7 @@ class UdpListener:
         sends = self.sends
         unpack_header = CHANNEL_HEADER.unpack_from
         v6 = self.v6
+        send_type_high, send_type_low = SEND_INDICATION_PREFIX  # compared by index: no slice per datagram
         packets = octets = 0  # relayed by the fast path in this wake-up, added to self.relayed once
         for _ in range(DRAIN_BATCH):
             try:
@@ -62,17 +63,18 @@ class UdpListener:
             if v6:
                 source = (source[0], source[1])
             route = None
+            size = len(data)
             # Fast path: ChannelData on a bound channel (RFC 8656 §12.4); the first two bits are 01.
-            if len(data) >= 4 and data[0] & 0xC0 == 0x40:
+            if size >= 4 and data[0] & 0xC0 == 0x40:
                 channel, length = unpack_header(data)
                 route = routes.get((source, channel))
                 if route is not None:
                     start = 4
                     end = 4 + length
-                    if end > len(data):
+                    if end > size:
                         continue
             # Fast path: a Send indication (RFC 8656 §11.2) to a peer the core has relayed one to.
-            elif data[:2] == SEND_INDICATION_PREFIX:
+            elif size >= 2 and data[1] == send_type_low and data[0] == send_type_high:
                 layout = parse_send(data)
                 if layout is not None:
                     route = sends.get((source, layout[0]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from turnclient import CLIENT, PEER, SERVER, Harness, TurnClient, build
@@ -66,6 +67,23 @@ def test_nothing_is_learned_from_a_dropped_indication() -> None:
     client.create_permission(PEER)
     assert client.send_indication(b"x", ("2001:db8::7", 5000)).actions == []  # the other family
     assert _sends(harness) == {} and client.allocation.peer_attributes == {}
+
+
+@pytest.mark.parametrize("transport", [Transport.TCP, Transport.TLS])
+def test_a_stream_allocation_learns_a_data_template_but_no_send_route(transport: Transport) -> None:
+    # Only the UDP listener reads the Send table; a stream's Send indications always take the slow path.
+    harness = Harness()
+    udp_sends = _sends(harness)
+    client = harness.client(transport=transport)
+    assert client.allocate((Attr.LIFETIME, 3600)).response.msg_class is MessageClass.SUCCESS
+    client.create_permission(PEER)
+    assert client.send_indication(b"first").of(SendToPeer)
+    assert client.send_indication(b"again").of(SendToPeer)
+    assert client.allocation.peer_attributes == {PEER: peer_attribute(PEER)}
+    assert udp_sends == {}
+    assert harness.core.route_table.sends_for_listener(transport, SERVER) == {}
+    client.refresh(0)
+    assert udp_sends == {}
 
 
 def _learned_one(harness: Harness) -> TurnClient:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient
+from interop import LOOPBACK, PASSWORD, USERNAME, MiniTurnClient, binding_request
 
 from pyturn.config import Config
 from pyturn.core.allocation import Transport
@@ -140,3 +140,29 @@ async def test_the_bandwidth_cap_holds_on_the_fast_path(loopback_config: Config)
         except TimeoutError:
             pass
         assert 1 <= received <= 3  # a second's worth (1000 bytes) of 400-byte datagrams
+
+
+async def test_runt_datagrams_leave_the_listener_answering(loopback_config: Config) -> None:
+    # Shorter than a ChannelData header or a STUN type: the listener's fast-path checks must not raise on them.
+    loop = asyncio.get_running_loop()
+    raised: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: raised.append(context))  # an escaped error in a reader callback
+    try:
+        async with _relay(loopback_config) as (server, client, peer, _):
+            target = peer.getsockname()
+            await client.send(_send(target, b"learned"))
+            assert await _peer_receives(peer, 1) == [b"learned"]
+            for runt in (b"", b"\x00", b"\x40", b"\x00\x16"):
+                await client.send(runt)
+            request, transaction_id = binding_request()
+            await client.send(request)
+            response = decode_message(await client.receive(TIMEOUT))
+            assert (response.method, response.msg_class) == (Method.BINDING, MessageClass.SUCCESS)
+            assert response.transaction_id == transaction_id
+            assert response.get(Attr.XOR_MAPPED_ADDRESS) == client.sock.getsockname()
+            await client.send(_send(target, b"still fast"))
+            assert await _peer_receives(peer, 1) == [b"still fast"]
+            assert server.runtime.internal_errors.total == 0  # type: ignore[union-attr]
+    finally:
+        loop.set_exception_handler(None)
+    assert raised == []
